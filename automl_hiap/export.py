@@ -1,0 +1,159 @@
+"""Slice a ViT by a subnet into a physically smaller model; save and load it as
+architecture JSON + safetensors (no pickle, no code executed on load)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from automl_hiap.errors import UserError
+from automl_hiap.models import ModelSpec
+from automl_hiap.pruned_vit import PrunedAttention, PrunedBlock, PrunedMlp, group_heads
+from automl_hiap.subnet import LayerKeep, Subnet
+
+ARCH_FILE = "arch.json"
+WEIGHTS_FILE = "model.safetensors"
+ARCH_FORMAT = "automl_hiap.pruned_vit/1"
+
+
+def build_blocks(model: nn.Module, subnet: Subnet) -> list[PrunedBlock]:
+    """Pruned blocks shaped by ``subnet``; weights are fresh (use :func:`export` to copy)."""
+    blocks = []
+    for block, layer in zip(model.blocks, subnet.layers, strict=True):  # type: ignore[union-attr]
+        attn = mlp = None
+        if layer.has_attn:
+            groups, _ = group_heads([(len(h.qk), len(h.v)) for h in layer.heads])
+            attn = PrunedAttention(
+                dim=block.attn.proj.out_features,
+                groups=groups,
+                scale=float(block.attn.scale),
+                in_index=layer.attn_in,
+                qkv_bias=block.attn.qkv.bias is not None,
+                proj_bias=block.attn.proj.bias is not None,
+            )
+        if layer.has_mlp:
+            mlp = PrunedMlp(
+                dim=block.mlp.fc2.out_features,
+                hidden=len(layer.neurons),
+                act=copy.deepcopy(block.mlp.act),
+                in_index=layer.mlp_in,
+                bias=block.mlp.fc1.bias is not None,
+            )
+        blocks.append(
+            PrunedBlock(
+                norm1=copy.deepcopy(block.norm1) if attn else None,
+                attn=attn,
+                ls1=copy.deepcopy(block.ls1) if attn else None,
+                norm2=copy.deepcopy(block.norm2) if mlp else None,
+                mlp=mlp,
+                ls2=copy.deepcopy(block.ls2) if mlp else None,
+                drop_path1=copy.deepcopy(block.drop_path1),
+                drop_path2=copy.deepcopy(block.drop_path2),
+            )
+        )
+    return blocks
+
+
+@torch.no_grad()
+def _copy_weights(block: nn.Module, pruned: PrunedBlock, layer: LayerKeep) -> None:
+    if pruned.attn is not None:
+        attn = block.attn
+        hd, width = attn.head_dim, attn.num_heads * attn.head_dim
+        _, order = group_heads([(len(h.qk), len(h.v)) for h in layer.heads])
+        heads = [layer.heads[i] for i in order]
+        q_rows = [h.index * hd + j for h in heads for j in h.qk]
+        v_rows = [h.index * hd + j for h in heads for j in h.v]
+        rows = torch.tensor(q_rows + [width + r for r in q_rows] + [2 * width + r for r in v_rows])
+        weight = attn.qkv.weight[rows]
+        if layer.attn_in is not None:
+            weight = weight[:, list(layer.attn_in)]
+        pruned.attn.qkv.weight.copy_(weight)
+        if attn.qkv.bias is not None:
+            pruned.attn.qkv.bias.copy_(attn.qkv.bias[rows])
+        pruned.attn.proj.weight.copy_(attn.proj.weight[:, v_rows])
+        if attn.proj.bias is not None:
+            pruned.attn.proj.bias.copy_(attn.proj.bias)
+    if pruned.mlp is not None:
+        mlp, neurons = block.mlp, list(layer.neurons)
+        weight = mlp.fc1.weight[neurons]
+        if layer.mlp_in is not None:
+            weight = weight[:, list(layer.mlp_in)]
+        pruned.mlp.fc1.weight.copy_(weight)
+        if mlp.fc1.bias is not None:
+            pruned.mlp.fc1.bias.copy_(mlp.fc1.bias[neurons])
+        pruned.mlp.fc2.weight.copy_(mlp.fc2.weight[:, neurons])
+        if mlp.fc2.bias is not None:
+            pruned.mlp.fc2.bias.copy_(mlp.fc2.bias)
+
+
+def export(model: nn.Module, subnet: Subnet, spec: ModelSpec) -> nn.Module:
+    """A physically pruned copy of ``model`` (the original is not modified).
+
+    The result is timm's model class with :class:`PrunedBlock` blocks; ``.subnet`` and
+    ``.model_spec`` are attached so it can be saved. Remove masks before exporting: the
+    copy is sliced from the raw weights.
+    """
+    blocks = model.blocks  # type: ignore[union-attr]
+    pruned_blocks = build_blocks(model, subnet)
+    for block, pruned, layer in zip(blocks, pruned_blocks, subnet.layers, strict=True):
+        _copy_weights(block, pruned, layer)
+    model.blocks = nn.Sequential()  # type: ignore[union-attr]  # don't deep-copy dense blocks
+    try:
+        result = copy.deepcopy(model)
+    finally:
+        model.blocks = blocks  # type: ignore[union-attr]
+    result.blocks = nn.Sequential(*pruned_blocks)
+    result.subnet = subnet
+    result.model_spec = spec
+    return result.train(model.training)
+
+
+def architecture(model: nn.Module) -> dict[str, Any]:
+    import timm
+
+    spec: ModelSpec = model.model_spec  # type: ignore[assignment]
+    return {
+        "format": ARCH_FORMAT,
+        "timm_model": spec.name,
+        "timm_kwargs": spec.kwargs,
+        "timm_version": timm.__version__,
+        "subnet": model.subnet.to_dict(),  # type: ignore[union-attr, operator]
+    }
+
+
+def save(model: nn.Module, directory: str | Path) -> Path:
+    """Write ``arch.json`` + ``model.safetensors`` for an exported model."""
+    if not isinstance(getattr(model, "subnet", None), Subnet):
+        raise ValueError("save() takes a model returned by export() or load()")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ARCH_FILE).write_text(json.dumps(architecture(model), indent=1))
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": ARCH_FORMAT})
+    return out
+
+
+def load(directory: str | Path) -> nn.Module:
+    """Rebuild an exported model from its two files; runs no code from them."""
+    folder = Path(directory)
+    try:
+        arch = json.loads((folder / ARCH_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{folder}: not an exported model ({ARCH_FILE}: {exc})") from None
+    if arch.get("format") != ARCH_FORMAT:
+        raise UserError(f"{folder / ARCH_FILE}: expected format {ARCH_FORMAT!r}")
+    spec = ModelSpec(arch["timm_model"], arch.get("timm_kwargs") or {})
+    subnet = Subnet.from_dict(arch["subnet"])
+    model = spec.create()
+    model.blocks = nn.Sequential(*build_blocks(model, subnet))
+    state = load_file(str(folder / WEIGHTS_FILE))
+    model.load_state_dict(state, strict=True)
+    model.subnet = subnet
+    model.model_spec = spec
+    return model.eval()
