@@ -8,6 +8,7 @@ path values are expanded from the environment so one file works on several machi
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from importlib import resources
@@ -57,7 +58,7 @@ class ModelConfig(_Section):
         import timm
 
         if not timm.is_model(name):
-            close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+            close = difflib.get_close_matches(name, timm.list_models(), n=3)
             hint = f" (similar: {', '.join(close)})" if close else ""
             raise ValueError(f"expected a timm model name, got unknown model {name!r}{hint}")
         return name
@@ -204,7 +205,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> d
     return raw
 
 
-def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+def _describe(error: Any, model: type[BaseModel]) -> str:
     """One readable phrase for one pydantic error."""
     kind, message = error["type"], error["msg"]
     if kind == "extra_forbidden":
@@ -243,11 +244,15 @@ def load_config(
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"{source}:{line}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(
+            f"{source}:{line}: malformed YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
     raw = apply_overrides(raw, overrides or [], source)
     try:
         return SearchConfig.model_validate(raw)

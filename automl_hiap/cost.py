@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from automl_hiap.space import BlockKeep, LayerShape, SearchSpace
+from automl_hiap.space import UNIT_FIELD, BlockKeep, LayerShape, SearchSpace, Unit
 from automl_hiap.subnet import Subnet
 
 
@@ -92,3 +92,12 @@ def subnet_cost(space: SearchSpace, subnet: Subnet) -> Cost:
 
 def dense_cost(space: SearchSpace) -> Cost:
     return subnet_cost(space, Subnet.dense(space))
+
+
+def prunable_share(space: SearchSpace, unit: Unit) -> float:
+    """Fraction of the dense MACs that removing every unit of this kind would remove."""
+    dense = space.dense_keep()
+    dense_macs = float(expected_macs(space, dense))
+    for keep in dense:
+        getattr(keep, UNIT_FIELD[unit]).zero_()
+    return (dense_macs - float(expected_macs(space, dense))) / dense_macs

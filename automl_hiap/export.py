@@ -22,10 +22,15 @@ WEIGHTS_FILE = "model.safetensors"
 ARCH_FORMAT = "automl_hiap.pruned_vit/1"
 
 
+def _blocks(model: nn.Module) -> list[Any]:
+    """The timm blocks (typed loosely: timm modules are reached by attribute)."""
+    return list(model.blocks)  # type: ignore[arg-type]
+
+
 def build_blocks(model: nn.Module, subnet: Subnet) -> list[PrunedBlock]:
     """Pruned blocks shaped by ``subnet``; weights are fresh (use :func:`export` to copy)."""
     blocks = []
-    for block, layer in zip(model.blocks, subnet.layers, strict=True):  # type: ignore[union-attr]
+    for block, layer in zip(_blocks(model), subnet.layers, strict=True):
         attn = mlp = None
         if layer.has_attn:
             groups, _ = group_heads([(len(h.qk), len(h.v)) for h in layer.heads])
@@ -61,7 +66,7 @@ def build_blocks(model: nn.Module, subnet: Subnet) -> list[PrunedBlock]:
 
 
 @torch.no_grad()
-def _copy_weights(block: nn.Module, pruned: PrunedBlock, layer: LayerKeep) -> None:
+def _copy_weights(block: Any, pruned: Any, layer: LayerKeep) -> None:
     if pruned.attn is not None:
         attn = block.attn
         hd, width = attn.head_dim, attn.num_heads * attn.head_dim
@@ -99,31 +104,33 @@ def export(model: nn.Module, subnet: Subnet, spec: ModelSpec) -> nn.Module:
     ``.model_spec`` are attached so it can be saved. Remove masks before exporting: the
     copy is sliced from the raw weights.
     """
-    blocks = model.blocks  # type: ignore[union-attr]
+    dense_blocks = model.blocks
     pruned_blocks = build_blocks(model, subnet)
-    for block, pruned, layer in zip(blocks, pruned_blocks, subnet.layers, strict=True):
+    for block, pruned, layer in zip(_blocks(model), pruned_blocks, subnet.layers, strict=True):
         _copy_weights(block, pruned, layer)
-    model.blocks = nn.Sequential()  # type: ignore[union-attr]  # don't deep-copy dense blocks
+    model.blocks = nn.Sequential()  # don't deep-copy the dense blocks
     try:
-        result = copy.deepcopy(model)
+        result: Any = copy.deepcopy(model)
     finally:
-        model.blocks = blocks  # type: ignore[union-attr]
+        model.blocks = dense_blocks
     result.blocks = nn.Sequential(*pruned_blocks)
     result.subnet = subnet
     result.model_spec = spec
     return result.train(model.training)
 
 
-def architecture(model: nn.Module) -> dict[str, Any]:
+def architecture(model: Any) -> dict[str, Any]:
+    """The JSON that, with the weights, rebuilds an exported model."""
     import timm
 
-    spec: ModelSpec = model.model_spec  # type: ignore[assignment]
+    spec: ModelSpec = model.model_spec
+    subnet: Subnet = model.subnet
     return {
         "format": ARCH_FORMAT,
         "timm_model": spec.name,
         "timm_kwargs": spec.kwargs,
         "timm_version": timm.__version__,
-        "subnet": model.subnet.to_dict(),  # type: ignore[union-attr, operator]
+        "subnet": subnet.to_dict(),
     }
 
 
@@ -150,7 +157,7 @@ def load(directory: str | Path) -> nn.Module:
         raise UserError(f"{folder / ARCH_FILE}: expected format {ARCH_FORMAT!r}")
     spec = ModelSpec(arch["timm_model"], arch.get("timm_kwargs") or {})
     subnet = Subnet.from_dict(arch["subnet"])
-    model = spec.create()
+    model: Any = spec.create()
     model.blocks = nn.Sequential(*build_blocks(model, subnet))
     state = load_file(str(folder / WEIGHTS_FILE))
     model.load_state_dict(state, strict=True)

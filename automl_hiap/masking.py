@@ -36,7 +36,7 @@ class Masks:
         self.space = space
         self.keeps: list[BlockKeep] = list(keeps)
         self._handles: list[RemovableHandle] = []
-        blocks = model.blocks  # type: ignore[union-attr]
+        blocks: Any = model.blocks
         if len(blocks) != space.depth:
             raise ValueError(f"model has {len(blocks)} blocks, the space {space.depth}")
         for i, block in enumerate(blocks):
@@ -110,4 +110,3 @@ def _proj_columns(k: BlockKeep, head_dim: int) -> Tensor | None:
 
 def _neurons(k: BlockKeep, head_dim: int) -> Tensor | None:
     return k.neuron
-

@@ -28,7 +28,9 @@ class ModelSpec:
         try:
             return timm.create_model(self.name, pretrained=False, **{**self.kwargs, **extra})
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise UserError(f"model {self.name} with {self.kwargs}: cannot create it: {exc}") from None
+            raise UserError(
+                f"model {self.name} with {self.kwargs}: cannot create it: {exc}"
+            ) from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -63,7 +65,9 @@ def load_weights(model: nn.Module, path: str | Path, source: str = "model.checkp
         raise UserError(f"{source}: {path} does not fit the model: {'; '.join(problems)}")
 
 
-def create_model(name: str, kwargs: dict[str, Any], checkpoint: str | None, pretrained: bool) -> nn.Module:
+def create_model(
+    name: str, kwargs: dict[str, Any], checkpoint: str | None, pretrained: bool
+) -> nn.Module:
     """The dense model: timm architecture + local checkpoint (or hub weights if asked)."""
     spec = ModelSpec(name, kwargs)
     if pretrained and checkpoint is None:
@@ -80,5 +84,7 @@ def create_model(name: str, kwargs: dict[str, Any], checkpoint: str | None, pret
             try:
                 load_weights(model, checkpoint)
             except RuntimeError as exc:
-                raise UserError(f"model.checkpoint: {checkpoint} does not fit {name}: {exc}") from None
+                raise UserError(
+                    f"model.checkpoint: {checkpoint} does not fit {name}: {exc}"
+                ) from None
     return model

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,13 +68,19 @@ class PrunedAttention(nn.Module):
         self.fused_attn = True
         self.qk_total = sum(g.count * g.qk for g in self.groups)
         self.v_total = sum(g.count * g.v for g in self.groups)
-        self.qkv = nn.Linear(dim if in_index is None else len(in_index), 2 * self.qk_total + self.v_total, bias=qkv_bias)
+        self.qkv = nn.Linear(
+            dim if in_index is None else len(in_index),
+            2 * self.qk_total + self.v_total,
+            bias=qkv_bias,
+        )
         self.proj = nn.Linear(self.v_total, dim, bias=proj_bias)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+    def forward(
+        self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False
+    ) -> Tensor:
         batch, tokens, _ = x.shape
         if self.in_index is not None:
-            x = x.index_select(-1, self.in_index)
+            x = x.index_select(-1, self.in_index)  # type: ignore[arg-type]
         q_all, k_all, v_all = self.qkv(x).split([self.qk_total, self.qk_total, self.v_total], -1)
         outputs = []
         qk_at = v_at = 0
@@ -112,12 +119,19 @@ class PrunedMlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.in_index is not None:
-            x = x.index_select(-1, self.in_index)
+            x = x.index_select(-1, self.in_index)  # type: ignore[arg-type]
         return self.fc2(self.act(self.fc1(x)))
 
 
 class PrunedBlock(nn.Module):
     """A transformer block whose attention or FFN branch may be absent (``None``)."""
+
+    norm1: Any
+    attn: Any
+    ls1: Any
+    norm2: Any
+    mlp: Any
+    ls2: Any
 
     def __init__(
         self,
@@ -136,11 +150,12 @@ class PrunedBlock(nn.Module):
         self.drop_path1 = drop_path1 or nn.Identity()
         self.drop_path2 = drop_path2 or nn.Identity()
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+    def forward(
+        self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False
+    ) -> Tensor:
         if self.attn is not None:
             y = self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)
             x = x + self.drop_path1(self.ls1(y))
         if self.mlp is not None:
             x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x
-

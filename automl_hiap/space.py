@@ -23,10 +23,10 @@ so all three agree by construction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +51,17 @@ class Unit(str, Enum):
         return self.value
 
 
+# the BlockKeep field that holds each unit's keep values
+UNIT_FIELD = {
+    Unit.ATTN_BLOCK: "attn",
+    Unit.HEAD: "head",
+    Unit.FFN_BLOCK: "ffn",
+    Unit.QK_DIM: "qk",
+    Unit.V_DIM: "v",
+    Unit.NEURON: "neuron",
+    Unit.ATTN_IN: "attn_in",
+    Unit.MLP_IN: "mlp_in",
+}
 MACRO_UNITS = (Unit.ATTN_BLOCK, Unit.HEAD, Unit.FFN_BLOCK)
 MICRO_UNITS = (Unit.QK_DIM, Unit.V_DIM, Unit.NEURON, Unit.ATTN_IN, Unit.MLP_IN)
 ALL_UNITS = MACRO_UNITS + MICRO_UNITS
@@ -88,12 +99,10 @@ class BlockKeep:
     attn_in: Tensor | None = None
     mlp_in: Tensor | None = None
 
-    def filled(self, shape: LayerShape, like: Tensor | None = None) -> BlockKeep:
+    def filled(self, shape: LayerShape, like: Tensor | None = None) -> FilledKeep:
         """Every field as a tensor (ones where None), on the device/dtype of ``like``."""
-        ref = like if like is not None else next(
-            (t for t in (getattr(self, f.name) for f in fields(self)) if t is not None),
-            torch.ones(()),
-        )
+        given = [t for t in (getattr(self, f.name) for f in fields(self)) if t is not None]
+        ref = like if like is not None else (given[0] if given else torch.ones(()))
         sizes = {
             "attn": (),
             "head": (shape.num_heads,),
@@ -108,13 +117,13 @@ class BlockKeep:
         for name, size in sizes.items():
             value = getattr(self, name)
             values[name] = ref.new_ones(size) if value is None else value.reshape(size)
-        return BlockKeep(**values)
+        return FilledKeep(**values)
 
-    def effective(self, shape: LayerShape) -> BlockKeep:
-        """Micro under macro: head·attn, qk/v·head·attn, neuron·ffn (all tensors)."""
+    def effective(self, shape: LayerShape) -> FilledKeep:
+        """Micro under macro: head·attn, qk/v·head·attn, neuron·ffn."""
         k = self.filled(shape)
         head = k.head * k.attn
-        return BlockKeep(
+        return FilledKeep(
             attn=k.attn,
             head=head,
             ffn=k.ffn,
@@ -125,13 +134,28 @@ class BlockKeep:
             mlp_in=k.mlp_in,
         )
 
-    def detach(self) -> BlockKeep:
-        return BlockKeep(
+    def map(self, fn: Callable[[Tensor], Tensor]) -> BlockKeep:
+        """Apply ``fn`` to every given tensor (e.g. ``detach``, ``.to(device)``)."""
+        return type(self)(
             **{
-                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).detach()
+                f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
                 for f in fields(self)
             }
         )
+
+
+@dataclass
+class FilledKeep(BlockKeep):
+    """A :class:`BlockKeep` with every field given."""
+
+    attn: Tensor
+    head: Tensor
+    ffn: Tensor
+    qk: Tensor
+    v: Tensor
+    neuron: Tensor
+    attn_in: Tensor
+    mlp_in: Tensor
 
 
 @dataclass(frozen=True)
@@ -164,8 +188,10 @@ class SearchSpace:
         grid = patch_embed.grid_size
         tokens = int(grid[0] * grid[1]) + int(getattr(model, "num_prefix_tokens", 0))
         conv = patch_embed.proj
-        patch_macs = int(grid[0] * grid[1]) * conv.out_channels * (
-            conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+        patch_macs = (
+            int(grid[0] * grid[1])
+            * conv.out_channels
+            * (conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1])
         )
         head_macs = sum(
             m.in_features * m.out_features
@@ -194,7 +220,7 @@ class SearchSpace:
     def with_units(self, units: Iterable[Unit | str]) -> SearchSpace:
         return replace(self, units=frozenset(Unit(u) for u in units))
 
-    def dense_keep(self) -> list[BlockKeep]:
+    def dense_keep(self) -> list[FilledKeep]:
         """All-ones keep values (the dense model)."""
         return [BlockKeep().filled(shape) for shape in self.layers]
 
@@ -224,9 +250,7 @@ class SearchSpace:
     def nearest_allowed(self, count: float, full: int, minimum: int) -> int:
         """Round a wanted kept count to the nearest allowed one (multiple of round_to, >= min)."""
         step = self.round_to
-        candidates = {full, minimum} | {
-            k for k in range(step, full, step) if k >= minimum
-        }
+        candidates = {full, minimum} | {k for k in range(step, full, step) if k >= minimum}
         return min(sorted(candidates), key=lambda k: (abs(k - count), -k))
 
 
@@ -237,10 +261,11 @@ def _blocks_of(model: nn.Module) -> nn.Sequential:
     return blocks
 
 
-def _layer_shape(index: int, block: nn.Module) -> LayerShape:
+def _layer_shape(index: int, block: Any) -> LayerShape:
     """Check one timm Block is of the supported kind and read its shapes."""
     where = f"unsupported model: blocks[{index}]"
-    attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
+    attn: Any = getattr(block, "attn", None)
+    mlp: Any = getattr(block, "mlp", None)
     for name in ("norm1", "attn", "ls1", "norm2", "mlp", "ls2"):
         if not hasattr(block, name):
             raise UserError(f"{where} has no .{name} (expected a timm ViT Block)")
@@ -282,15 +307,3 @@ def _layer_shape(index: int, block: nn.Module) -> LayerShape:
         attn_fixed_params=numel(block.norm1, block.ls1, proj.bias),
         mlp_fixed_params=numel(block.norm2, block.ls2, fc2.bias),
     )
-
-
-def keep_to_device(keeps: Sequence[BlockKeep], device: torch.device | str) -> list[BlockKeep]:
-    return [
-        BlockKeep(
-            **{
-                f.name: None if getattr(k, f.name) is None else getattr(k, f.name).to(device)
-                for f in fields(k)
-            }
-        )
-        for k in keeps
-    ]

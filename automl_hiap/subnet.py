@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from automl_hiap.errors import UserError
-from automl_hiap.space import BlockKeep, LayerShape, SearchSpace, Unit
+from automl_hiap.space import BlockKeep, FilledKeep, LayerShape, SearchSpace, Unit
 
 FORMAT = "automl_hiap.subnet/1"
 
@@ -63,7 +63,7 @@ class Subnet:
             raise ValueError(f"expected {space.depth} layers of keep values, got {len(keeps)}")
         layers = []
         for shape, keep in zip(space.layers, keeps, strict=True):
-            eff = keep.detach().effective(shape)
+            eff = keep.map(torch.Tensor.detach).effective(shape)
             heads = tuple(
                 HeadKeep(h, _kept(eff.qk[h]), _kept(eff.v[h]))
                 for h in range(shape.num_heads)
@@ -79,7 +79,7 @@ class Subnet:
             )
         return cls(tuple(layers))
 
-    def to_keep(self, space: SearchSpace, dtype: torch.dtype = torch.float32) -> list[BlockKeep]:
+    def to_keep(self, space: SearchSpace, dtype: torch.dtype = torch.float32) -> list[FilledKeep]:
         """0/1 keep values for every unit of every layer."""
         keeps = []
         like = torch.ones((), dtype=dtype)
@@ -140,7 +140,9 @@ class Subnet:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Subnet:
         if data.get("format") != FORMAT:
-            raise UserError(f"not a subnet spec: expected format {FORMAT!r}, got {data.get('format')!r}")
+            raise UserError(
+                f"not a subnet spec: expected format {FORMAT!r}, got {data.get('format')!r}"
+            )
         try:
             return cls(
                 tuple(
@@ -237,13 +239,16 @@ def _layer_problems(space: SearchSpace, i: int, shape: LayerShape, layer: LayerK
                 f"{len(neurons)} neurons kept: expected {hidden} or a multiple of "
                 f"{space.round_to} >= {space.min_neurons(i)}"
             )
-    for name, kept, unit in (("attn_in", layer.attn_in, Unit.ATTN_IN), ("mlp_in", layer.mlp_in, Unit.MLP_IN)):
+    for name, kept, unit in (
+        ("attn_in", layer.attn_in, Unit.ATTN_IN),
+        ("mlp_in", layer.mlp_in, Unit.MLP_IN),
+    ):
         if kept is None:
             continue
-        dims = list(kept)
+        columns = list(kept)
         if not space.searches(unit):
             problems.append(f"{name} columns removed but {unit} is not searched")
-        elif not dims or sorted(set(dims)) != dims or any(not 0 <= d < shape.embed_dim for d in dims):
+        elif not columns or sorted(set(columns)) != columns or columns[-1] >= shape.embed_dim:
             problems.append(f"{name} must be distinct sorted indices in [0, {shape.embed_dim})")
     return problems
 
@@ -270,13 +275,19 @@ def random_subnet(
         if not searched:
             return tuple(range(full))
         count = space.nearest_allowed((shared or fraction()) * full, full, minimum)
-        chosen = torch.randperm(full, generator=generator)[:count] if not uniform else torch.arange(count)
+        chosen = (
+            torch.randperm(full, generator=generator)[:count]
+            if not uniform
+            else torch.arange(count)
+        )
         return tuple(sorted(int(i) for i in chosen))
 
     layers = []
     for i, shape in enumerate(space.layers):
         drop = (torch.rand(2, generator=generator) < 0.15) & (not uniform)
-        head_ids = pick(shape.num_heads, min(space.min_heads, shape.num_heads), space.searches(Unit.HEAD))
+        head_ids = pick(
+            shape.num_heads, min(space.min_heads, shape.num_heads), space.searches(Unit.HEAD)
+        )
         heads = tuple(
             HeadKeep(
                 h,

@@ -1,0 +1,63 @@
+"""Human-readable summaries of spaces and subnets for the CLI."""
+
+from __future__ import annotations
+
+from automl_hiap.budget import format_macs
+from automl_hiap.config import SearchConfig
+from automl_hiap.cost import block_macs, dense_cost, prunable_share
+from automl_hiap.models import ModelSpec
+from automl_hiap.space import ALL_UNITS, MACRO_UNITS, BlockKeep, SearchSpace, Unit
+
+
+def space_from_config(config: SearchConfig) -> tuple[ModelSpec, SearchSpace]:
+    """The architecture (fresh weights) and its search space; loads no checkpoint."""
+    spec = ModelSpec(config.model.name, dict(config.model.kwargs))
+    model = spec.create()
+    space = SearchSpace.from_model(model, config.space.units, config.space.constraints)
+    return spec, space
+
+
+def _unit_count(space: SearchSpace, unit: Unit) -> int:
+    per_layer = {
+        Unit.ATTN_BLOCK: lambda s: 1,
+        Unit.HEAD: lambda s: s.num_heads,
+        Unit.FFN_BLOCK: lambda s: 1,
+        Unit.QK_DIM: lambda s: s.num_heads * s.head_dim,
+        Unit.V_DIM: lambda s: s.num_heads * s.head_dim,
+        Unit.NEURON: lambda s: s.mlp_hidden,
+        Unit.ATTN_IN: lambda s: s.embed_dim,
+        Unit.MLP_IN: lambda s: s.embed_dim,
+    }[unit]
+    return sum(per_layer(shape) for shape in space.layers)
+
+
+def describe_space(config: SearchConfig) -> str:
+    spec, space = space_from_config(config)
+    dense = dense_cost(space)
+    c = config.space.constraints
+    lines = [
+        f"model      {spec.name} {spec.kwargs or ''}".rstrip(),
+        f"tokens     {space.tokens}   layers {space.depth}",
+        f"dense      {format_macs(dense.macs)} MACs   {dense.params / 1e6:.2f} M params",
+        f"fixed      {format_macs(space.fixed_macs)} MACs (patch embedding + head), "
+        f"{space.fixed_params / 1e6:.3f} M params outside the blocks",
+        f"budget     {config.budget if config.budget is not None else '(none)'}",
+        f"strategy   {config.strategy.name}",
+        f"constraints min_heads={c.min_heads} min_head_dims={c.min_head_dims} "
+        f"min_neuron_fraction={c.min_neuron_fraction} round_to={c.round_to}",
+        "",
+        "unit        level  searched      units  share of dense MACs",
+    ]
+    for unit in ALL_UNITS:
+        level = "macro" if unit in MACRO_UNITS else "micro"
+        searched = "yes" if space.searches(unit) else "no"
+        count, share = _unit_count(space, unit), prunable_share(space, unit)
+        lines.append(f"{unit.value:11s} {level:6s} {searched:8s} {count:10d}  {share:6.1%}")
+    lines += ["", "layer  heads x dim  ffn hidden  MACs      share"]
+    for i, shape in enumerate(space.layers):
+        per_layer = float(block_macs(shape, space.tokens, BlockKeep().filled(shape)))
+        lines.append(
+            f"{i:5d}  {shape.num_heads:5d} x {shape.head_dim:<4d} {shape.mlp_hidden:10d}  "
+            f"{format_macs(per_layer):8s}  {per_layer / dense.macs:5.1%}"
+        )
+    return "\n".join(lines)

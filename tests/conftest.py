@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny ViTs and the optional real data beside the checkout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+import automl_hiap as ah  # noqa: E402
+from automl_hiap.models import ModelSpec  # noqa: E402
+
+SHARED_DATA = Path(
+    os.environ.get("AUTOML_HIAP_DATA", Path(__file__).parents[2] / "shared" / "data")
+)
+
+TINY_KWARGS: dict[str, Any] = dict(
+    img_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2, mlp_ratio=2.0, num_classes=10
+)
+
+
+def tiny_spec(name: str = "vit_tiny_patch16_224", **overrides: Any) -> ModelSpec:
+    return ModelSpec(name, {**TINY_KWARGS, **overrides})
+
+
+@pytest.fixture
+def tiny() -> tuple[ModelSpec, torch.nn.Module, ah.SearchSpace]:
+    torch.manual_seed(0)
+    spec = tiny_spec()
+    model = spec.create().eval()
+    return spec, model, ah.SearchSpace.from_model(model)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (set AUTOML_HIAP_DATA)")
+    return SHARED_DATA

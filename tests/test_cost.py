@@ -1,0 +1,163 @@
+"""Analytical MACs / params: the published dense figures, FlopCounterMode on exported subnets,
+and the differentiable expectation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import automl_hiap as ah
+from automl_hiap.cost import block_macs, expected_macs, expected_params
+from automl_hiap.models import ModelSpec
+from automl_hiap.pruned_vit import PrunedAttention
+from automl_hiap.space import BlockKeep
+from automl_hiap.subnet import random_subnet
+
+from .conftest import tiny_spec
+
+
+@pytest.mark.parametrize(
+    ("name", "gmacs", "mparams"),
+    [
+        ("deit_tiny_patch16_224", 1.254, 5.72),
+        ("deit_small_patch16_224", 4.599, 22.05),
+        ("deit_base_patch16_224", 17.564, 86.57),
+    ],
+)
+def test_dense_deit_matches_the_published_convention(
+    name: str, gmacs: float, mparams: float
+) -> None:
+    model = ModelSpec(name).create()
+    cost = ah.dense_cost(ah.SearchSpace.from_model(model))
+    assert cost.macs / 1e9 == pytest.approx(gmacs, rel=0.005)
+    assert cost.params / 1e6 == pytest.approx(mparams, rel=0.005)
+    assert cost.params == sum(p.numel() for p in model.parameters())
+
+
+def test_cifar_vit_tiny_is_182_85_mmacs() -> None:
+    spec = ModelSpec(
+        "vit_tiny_patch16_224", dict(img_size=32, patch_size=4, depth=6, num_classes=10)
+    )
+    cost = ah.dense_cost(ah.SearchSpace.from_model(spec.create()))
+    assert cost.macs / 1e6 == pytest.approx(182.85, abs=0.01)
+
+
+def counted_macs(model: torch.nn.Module, image_size: int) -> float:
+    for module in model.modules():
+        if isinstance(module, PrunedAttention) or hasattr(module, "fused_attn"):
+            module.fused_attn = False  # the explicit path is visible to the counter
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, image_size, image_size))
+    return counter.get_total_flops() / 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_analytical_macs_match_flop_counter_on_exported_subnets(seed: int) -> None:
+    spec = ModelSpec(
+        "vit_tiny_patch16_224",
+        dict(img_size=32, patch_size=4, depth=3, embed_dim=48, num_heads=3, num_classes=10),
+    )
+    model = spec.create().eval()
+    space = ah.SearchSpace.from_model(model)  # every unit kind, input columns included
+    subnet = random_subnet(space, torch.Generator().manual_seed(seed))
+    exported = ah.export(model, subnet, spec).eval()
+    analytical = ah.subnet_cost(space, subnet)
+    assert counted_macs(exported, 32) == pytest.approx(analytical.macs, rel=0.005)
+    assert analytical.params == sum(p.numel() for p in exported.parameters())
+
+
+def test_dense_flop_counter_agrees_for_deit_small() -> None:
+    model = ModelSpec("deit_small_patch16_224").create().eval()
+    space = ah.SearchSpace.from_model(model)
+    assert counted_macs(model, 224) == pytest.approx(ah.dense_cost(space).macs, rel=0.005)
+
+
+def test_expected_cost_at_saturated_probabilities_is_the_subnet_cost(tiny) -> None:
+    _spec, _model, space = tiny
+    subnet = random_subnet(space, torch.Generator().manual_seed(3))
+    hard = subnet.to_keep(space, dtype=torch.float64)
+    saturated = [
+        BlockKeep(**{f: torch.sigmoid((getattr(k, f) - 0.5) * 80) for f in k.__dataclass_fields__})
+        for k in hard
+    ]
+    exact = ah.subnet_cost(space, subnet)
+    assert float(expected_macs(space, saturated)) == pytest.approx(exact.macs, rel=1e-9)
+    assert float(expected_params(space, saturated)) == pytest.approx(exact.params, rel=1e-6)
+
+
+def test_expected_cost_is_the_mean_cost_of_sampled_subnets(tiny) -> None:
+    _, _, space = tiny
+    gen = torch.Generator().manual_seed(0)
+    probs = [
+        BlockKeep(
+            **{
+                f: torch.rand(getattr(k, f).shape, generator=gen, dtype=torch.float64)
+                for f in k.__dataclass_fields__
+            }
+        )
+        for k in space.dense_keep()
+    ]
+    samples = 4000
+    total = torch.zeros((), dtype=torch.float64)
+    for _ in range(samples):
+        drawn = [
+            BlockKeep(
+                **{
+                    f: (
+                        torch.rand(getattr(p, f).shape, generator=gen, dtype=torch.float64)
+                        < getattr(p, f)
+                    ).double()
+                    for f in p.__dataclass_fields__
+                }
+            )
+            for p in probs
+        ]
+        total += expected_macs(space, drawn)
+    assert float(total / samples) == pytest.approx(float(expected_macs(space, probs)), rel=0.01)
+
+
+def test_closing_a_macro_gate_removes_its_micro_units_cost(tiny) -> None:
+    _, _, space = tiny
+    shape = space.layers[0]
+    keep = BlockKeep().filled(shape)
+    keep.head[0] = 0.0
+    without_head = float(block_macs(shape, space.tokens, keep))
+    keep.v[0] = 0.0  # the closed head's v dims no longer matter
+    keep.qk[0] = 0.0
+    assert float(block_macs(shape, space.tokens, keep)) == without_head
+    keep = BlockKeep().filled(shape)
+    keep.ffn.fill_(0.0)
+    no_ffn = float(block_macs(shape, space.tokens, keep))
+    keep.neuron.zero_()
+    assert float(block_macs(shape, space.tokens, keep)) == no_ffn
+
+
+def test_cost_gradient_reaches_every_unit_kind(tiny) -> None:
+    _, _, space = tiny
+    logits = [
+        BlockKeep(
+            **{
+                f: torch.zeros_like(getattr(k, f), requires_grad=True)
+                for f in k.__dataclass_fields__
+            }
+        )
+        for k in space.dense_keep()
+    ]
+    probs = [
+        BlockKeep(**{f: torch.sigmoid(getattr(k, f)) for f in k.__dataclass_fields__})
+        for k in logits
+    ]
+    (expected_macs(space, probs) + expected_params(space, probs)).backward()
+    for keep in logits:
+        for name in keep.__dataclass_fields__:
+            grad = getattr(keep, name).grad
+            assert grad is not None and bool((grad > 0).all()), name
+
+
+def test_fixed_cost_counts_distilled_heads_and_prefix_tokens() -> None:
+    spec = tiny_spec("deit_tiny_distilled_patch16_224")
+    model = spec.create()
+    space = ah.SearchSpace.from_model(model)
+    assert space.tokens == 16 + 2
+    assert ah.dense_cost(space).params == sum(p.numel() for p in model.parameters())
