@@ -1,0 +1,249 @@
+"""From unit scores to a valid subnet under a MACs budget.
+
+Every score-based strategy (magnitude, SERo, VTP, GOHSP) ends the same way: keep the most
+important units until the model fits the budget, without breaking the space's constraints.
+This module does that once.
+
+Greedy removal with lazy re-evaluation: each *group* of units (the neurons of one FFN, the v
+dims of one head, the heads of one layer, ...) can shrink by one allowed step (``round_to``
+units, never below the minimum; a whole branch goes in one step when its block unit is
+searched). A step costs the scores of the units it removes and saves MACs; the cheapest step
+per MAC saved is taken until the budget is met. Savings depend on other groups (a v dim saves
+nothing once its head is gone), so a popped step is re-priced and re-queued if it went stale.
+Within a group, units go in ascending score order, so the kept set is always the top-k.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from automl_hiap.space import BlockKeep, LayerShape, SearchSpace, Unit
+from automl_hiap.subnet import HeadKeep, LayerKeep, Subnet
+
+_Step = tuple[float, Callable[[], None]]  # (score lost per MAC saved, apply)
+
+
+@dataclass
+class _Layer:
+    """Kept counts of one layer; each unit list is ordered from most to least important."""
+
+    shape: LayerShape
+    heads: list[int]  # kept head indices, best first
+    qk: dict[int, list[int]]  # head -> kept q/k dims, best first
+    v: dict[int, list[int]]
+    neurons: list[int]
+    attn_in: list[int]
+    mlp_in: list[int]
+
+    def macs(self, tokens: int) -> int:
+        d, n = self.shape.embed_dim, tokens
+        a = sum(len(self.qk[h]) for h in self.heads)
+        b = sum(len(self.v[h]) for h in self.heads)
+        m = len(self.neurons)
+        return (
+            n * len(self.attn_in) * (2 * a + b)
+            + n * n * (a + b)
+            + n * d * b
+            + (n * len(self.mlp_in) * m + n * m * d)
+        )
+
+
+def _ranked(scores: torch.Tensor | None, count: int) -> list[int]:
+    """Indices best first (stable: ties keep the lower index)."""
+    if scores is None:
+        return list(range(count))
+    order = sorted(range(count), key=lambda i: (-float(scores[i]), i))
+    return order
+
+
+def select_to_budget(space: SearchSpace, scores: Sequence[BlockKeep], target_macs: float) -> Subnet:
+    """The subnet that keeps the highest-scored units with MACs <= ``target_macs``.
+
+    ``scores[l]`` holds an importance per unit of layer l, shaped like the keep values
+    (``head (H,)``, ``qk``/``v`` ``(H, head_dim)``, ``neuron (hidden,)``, ``attn_in``/``mlp_in``
+    ``(D,)``, ``attn``/``ffn`` scalars); a family left ``None`` (or not searched) is kept whole.
+    Scores must be comparable across families: the greedy trades them per MAC saved.
+    Raises ValueError when even the smallest allowed subnet exceeds the target.
+    """
+    if len(scores) != space.depth:
+        raise ValueError(f"expected scores for {space.depth} layers, got {len(scores)}")
+    layers = [_initial(space, shape, s) for shape, s in zip(space.layers, scores, strict=True)]
+    fixed = space.fixed_macs
+    total = fixed + sum(layer.macs(space.tokens) for layer in layers)
+    counter = itertools.count()
+    heap: list[tuple[float, int, int, str, int]] = []
+
+    def push(index: int, family: str, key: int = -1) -> None:
+        step = _step(space, index, layers[index], scores[index], family, key)
+        if step is not None:
+            heapq.heappush(heap, (step[0], next(counter), index, family, key))
+
+    for i in range(space.depth):
+        for family, key in _groups(space, layers[i]):
+            push(i, family, key)
+    while total > target_macs and heap:
+        ratio, _, i, family, key = heapq.heappop(heap)
+        step = _step(space, i, layers[i], scores[i], family, key)
+        if step is None:
+            continue
+        if step[0] > ratio + 1e-12 and heap and step[0] > heap[0][0]:
+            heapq.heappush(heap, (step[0], next(counter), i, family, key))  # stale: re-queue
+            continue
+        before = layers[i].macs(space.tokens)
+        step[1]()  # apply
+        total += layers[i].macs(space.tokens) - before
+        push(i, family, key)
+    if total > target_macs:
+        raise ValueError(
+            f"the smallest allowed subnet has {total:.4g} MACs, above the target {target_macs:.4g}"
+        )
+    return Subnet(tuple(_to_layer_keep(layer) for layer in layers)).validate(space)
+
+
+def _initial(space: SearchSpace, shape: LayerShape, s: BlockKeep) -> _Layer:
+    heads = _ranked(s.head if space.searches(Unit.HEAD) else None, shape.num_heads)
+    return _Layer(
+        shape=shape,
+        heads=heads,
+        qk={h: _ranked(_row(s.qk, h, space, Unit.QK_DIM), shape.head_dim) for h in heads},
+        v={h: _ranked(_row(s.v, h, space, Unit.V_DIM), shape.head_dim) for h in heads},
+        neurons=_ranked(s.neuron if space.searches(Unit.NEURON) else None, shape.mlp_hidden),
+        attn_in=_ranked(s.attn_in if space.searches(Unit.ATTN_IN) else None, shape.embed_dim),
+        mlp_in=_ranked(s.mlp_in if space.searches(Unit.MLP_IN) else None, shape.embed_dim),
+    )
+
+
+def _row(
+    values: torch.Tensor | None, head: int, space: SearchSpace, unit: Unit
+) -> torch.Tensor | None:
+    return None if values is None or not space.searches(unit) else values[head]
+
+
+def _groups(space: SearchSpace, layer: _Layer) -> list[tuple[str, int]]:
+    groups: list[tuple[str, int]] = [
+        ("heads", -1),
+        ("neurons", -1),
+        ("attn_in", -1),
+        ("mlp_in", -1),
+    ]
+    groups += [("qk", h) for h in layer.heads] + [("v", h) for h in layer.heads]
+    return groups
+
+
+def _step(
+    space: SearchSpace, index: int, layer: _Layer, scores: BlockKeep, family: str, key: int
+) -> _Step | None:
+    """(score lost per MAC saved, apply) of the next allowed shrink of a group, or None."""
+    shape, tokens = layer.shape, space.tokens
+    if family in ("qk", "v"):
+        unit = Unit.QK_DIM if family == "qk" else Unit.V_DIM
+        dims = getattr(layer, family).get(key)
+        values = getattr(scores, family)
+        if key not in layer.heads or values is None or not space.searches(unit):
+            return None
+        fewer = _next_count(space, len(dims), space.min_dims(index), allow_zero=False)
+        return _shrink(layer, tokens, dims, fewer, values[key])
+    if family == "neurons":
+        if not layer.neurons:
+            return None
+        branch = space.searches(Unit.FFN_BLOCK) and (scores.neuron, scores.ffn) != (None, None)
+        new: int | None = 0 if branch else None
+        if space.searches(Unit.NEURON) and scores.neuron is not None:
+            new = _next_count(space, len(layer.neurons), space.min_neurons(index), branch)
+        return _shrink(
+            layer, tokens, layer.neurons, new, scores.neuron, scores.ffn if new == 0 else None
+        )
+    if family == "heads":
+        if not layer.heads:
+            return None
+        minimum = min(space.min_heads, shape.num_heads)
+        if space.searches(Unit.HEAD) and scores.head is not None and len(layer.heads) > minimum:
+            return _drop_heads(layer, tokens, [layer.heads[-1]], scores)
+        if space.searches(Unit.ATTN_BLOCK) and (scores.head, scores.attn) != (None, None):
+            return _drop_heads(layer, tokens, list(layer.heads), scores, branch=True)
+        return None
+    kept = getattr(layer, family)  # attn_in / mlp_in
+    unit = Unit.ATTN_IN if family == "attn_in" else Unit.MLP_IN
+    values = getattr(scores, family)
+    if not space.searches(unit) or values is None:
+        return None
+    return _shrink(layer, tokens, kept, _next_count(space, len(kept), 1, False), values)
+
+
+def _next_count(space: SearchSpace, count: int, minimum: int, allow_zero: bool) -> int | None:
+    """The next smaller allowed kept count (a multiple of round_to, >= minimum); below the
+    minimum only 0, and only if the whole branch may go."""
+    smaller = (count - 1) // space.round_to * space.round_to
+    if smaller >= max(minimum, 1):
+        return smaller
+    return 0 if allow_zero and count > 0 else None
+
+
+def _cost_of(values: torch.Tensor | None, removed: list[int]) -> float:
+    if values is None:
+        return 0.0
+    return float(sum(float(values[i]) for i in removed))
+
+
+def _shrink(
+    layer: _Layer,
+    tokens: int,
+    kept: list[int],
+    new: int | None,
+    values: torch.Tensor | None,
+    branch_score: torch.Tensor | None = None,
+) -> _Step | None:
+    if new is None or new >= len(kept):
+        return None
+    removed = kept[new:]
+    before = layer.macs(tokens)
+    saved_kept = kept[:]
+    del kept[new:]
+    saved = before - layer.macs(tokens)
+    kept[:] = saved_kept
+    if saved <= 0:
+        return None
+    lost = _cost_of(values, removed) + (0.0 if branch_score is None else float(branch_score))
+
+    def apply() -> None:
+        del kept[new:]
+
+    return max(lost, 0.0) / saved, apply
+
+
+def _drop_heads(
+    layer: _Layer, tokens: int, heads: list[int], scores: BlockKeep, branch: bool = False
+) -> _Step | None:
+    before = layer.macs(tokens)
+    kept = [h for h in layer.heads if h not in heads]
+    saved = before - _Layer(
+        layer.shape, kept, layer.qk, layer.v, layer.neurons, layer.attn_in, layer.mlp_in
+    ).macs(tokens)
+    if saved <= 0:
+        return None
+    lost = _cost_of(scores.head, heads) + (
+        float(scores.attn) if branch and scores.attn is not None else 0.0
+    )
+
+    def apply() -> None:
+        layer.heads[:] = kept
+
+    return max(lost, 0.0) / saved, apply
+
+
+def _to_layer_keep(layer: _Layer) -> LayerKeep:
+    full = layer.shape.embed_dim
+    return LayerKeep(
+        heads=tuple(
+            HeadKeep(h, tuple(sorted(layer.qk[h])), tuple(sorted(layer.v[h])))
+            for h in sorted(layer.heads)
+        ),
+        neurons=tuple(sorted(layer.neurons)),
+        attn_in=None if len(layer.attn_in) == full else tuple(sorted(layer.attn_in)),
+        mlp_in=None if len(layer.mlp_in) == full else tuple(sorted(layer.mlp_in)),
+    )
