@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("spaces", help="list the bundled search spaces")
+    commands.add_parser("strategies", help="list the installed strategies")
     inspect = commands.add_parser(
         "inspect", help="show a space: per-layer units, dense MACs/params, prunable shares"
     )
@@ -49,6 +50,13 @@ def cmd_spaces(args: argparse.Namespace) -> None:
         print(f"{name:28s} {summary}")
 
 
+def cmd_strategies(args: argparse.Namespace) -> None:
+    from automl_hiap import registry
+
+    for name, cls in registry.available().items():
+        print(f"{name:12s} {cls.description}")
+
+
 def cmd_inspect(args: argparse.Namespace) -> None:
     from automl_hiap.config import load_config
     from automl_hiap.report import describe_space
@@ -57,7 +65,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(describe_space(config))
 
 
-COMMANDS = {"spaces": cmd_spaces, "inspect": cmd_inspect}
+COMMANDS = {"spaces": cmd_spaces, "strategies": cmd_strategies, "inspect": cmd_inspect}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
