@@ -1,0 +1,383 @@
+"""Train and evaluate loops shared by every strategy.
+
+One :meth:`Trainer.fit` call is one *phase* (HiAP's search, SERo's exploration, its
+re-optimization, a fine-tuning run ...), with a fresh AdamW and a fresh warm-up + cosine
+schedule, and the strategy's :class:`~automl_hiap.strategy.TrainHooks` called at fixed points.
+
+Exact resume: at the end of every epoch the phase's state (model, optimizer, scheduler, hook
+state, RNG states, counters) is written atomically to ``<checkpoint_dir>/<phase>.pt``. The
+shuffle order of an epoch depends only on (seed, epoch), so a run killed at any point and
+restarted redoes the interrupted epoch exactly as the uninterrupted run did. A finished phase is
+not trained again: its final state is loaded. A non-finite loss stops the run with a clear
+error; the last good checkpoint stays intact.
+
+Data parallel under ``torchrun`` (gloo on CPU, NCCL on GPU): each process sees a disjoint shard
+of every global batch; gradients of the model (DDP) and of the hooks' extra parameters (an
+explicit all-reduce) are averaged.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+
+from automl_hiap.config import TrainConfig
+from automl_hiap.errors import UserError
+from automl_hiap.strategy import TrainHooks
+
+NO_DECAY_NDIM = 1  # biases, norm weights, layer scales, tokens of rank <= 1: no weight decay
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class FitResult:
+    epochs_run: int
+    resumed: bool
+    last_metrics: dict[str, float]
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def init_distributed() -> torch.device:
+    """Join the process group when launched by torchrun; return this process's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def is_main_process() -> bool:
+    return not is_distributed() or dist.get_rank() == 0
+
+
+def parameter_groups(
+    model: nn.Module, weight_decay: float, extra: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices only; hooks' groups keep their own settings and
+    default to no weight decay (gate logits, scores)."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= NO_DECAY_NDIM else decay).append(param)
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    for group in extra:
+        groups.append({"weight_decay": 0.0, **group})
+    return [g for g in groups if g["params"]]
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Any:
+    """LR factor: linear warm-up, then cosine to zero."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def distillation_loss(
+    logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    alpha: float,
+    temperature: float,
+    label_smoothing: float,
+) -> Tensor:
+    """(1 − α)·CE(y) + α·T²·KL(p_teacher ‖ p_student) at temperature T (Hinton et al.)."""
+    hard = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    soft = F.kl_div(
+        F.log_softmax(logits / temperature, -1),
+        F.log_softmax(teacher_logits / temperature, -1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1 - alpha) * hard + alpha * temperature**2 * soft
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every RNG, as tensors and plain values (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file, then rename: a kill never leaves a half-written checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Runs phases of training for strategies; owns data loading, checkpoints and devices."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        train_data: Dataset,
+        val_data: Dataset | None = None,
+        checkpoint_dir: str | Path | None = None,
+        teacher: nn.Module | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.config = config
+        self.train_data = train_data
+        self.val_data = val_data
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        own_device = init_distributed()  # joins the process group under torchrun
+        self.device = torch.device(device) if device is not None else own_device
+        self.teacher = None if teacher is None else teacher.to(self.device).eval()
+        self.progress = progress and is_main_process()
+        world = dist.get_world_size() if is_distributed() else 1
+        if config.batch_size % world:
+            raise UserError(
+                f"train.batch_size: {config.batch_size} is not divisible by {world} processes"
+            )
+        self.local_batch = config.batch_size // world
+
+    # ------------------------------------------------------------------ data
+    def _loader(self, epoch: int) -> DataLoader:
+        """The epoch's batches; the order depends only on (seed, epoch)."""
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        if is_distributed():
+            sampler: Any = DistributedSampler(
+                self.train_data, seed=self.config.seed, drop_last=True
+            )
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(self.train_data, generator=generator)  # type: ignore[arg-type]
+        return DataLoader(
+            self.train_data,
+            batch_size=self.local_batch,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.config.num_workers,
+            generator=generator,
+            persistent_workers=False,
+        )
+
+    def steps_per_epoch(self) -> int:
+        world = dist.get_world_size() if is_distributed() else 1
+        return len(self.train_data) // world // self.local_batch  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        model: nn.Module,
+        epochs: int,
+        phase: str,
+        hooks: TrainHooks | None = None,
+        lr: float | None = None,
+    ) -> FitResult:
+        """Train ``model`` in place for one phase (resuming it if a checkpoint exists)."""
+        hooks = hooks or TrainHooks()
+        cfg = self.config
+        model.to(self.device)
+        steps = self.steps_per_epoch()
+        if steps == 0:
+            raise UserError(
+                f"train.batch_size: {cfg.batch_size} is larger than the training set "
+                f"({len(self.train_data)} images)"  # type: ignore[arg-type]
+            )
+        total = steps * epochs
+        extra = hooks.param_groups()
+        optimizer = torch.optim.AdamW(
+            parameter_groups(model, cfg.weight_decay, extra), lr=lr or cfg.lr
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(total, round(cfg.warmup_epochs * steps))
+        )
+        ddp_model: nn.Module = model
+        if is_distributed():
+            ddp_model = nn.parallel.DistributedDataParallel(model)
+        extra_params = [p for g in extra for p in g["params"]]
+
+        start_epoch, resumed, metrics = 0, False, {}
+        path = None if self.checkpoint_dir is None else self.checkpoint_dir / f"{phase}.pt"
+        if path is not None and path.is_file():
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            hooks.load_state_dict(state["hooks"])
+            _set_rng_state(state["rng"])
+            start_epoch, resumed, metrics = state["epoch"], True, state["metrics"]
+
+        for epoch in range(start_epoch, epochs):
+            model.train()
+            metrics = self._train_epoch(
+                ddp_model, optimizer, scheduler, hooks, extra_params, epoch, steps, total, phase
+            )
+            metrics.update(hooks.metrics())
+            if self.val_data is not None:
+                metrics.update({f"val_{k}": v for k, v in self.evaluate(model).items()})
+            if path is not None and is_main_process():
+                atomic_save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "hooks": hooks.state_dict(),
+                        "rng": _rng_state(),
+                        "epoch": epoch + 1,
+                        "metrics": metrics,
+                    },
+                    path,
+                )
+            if is_distributed():
+                dist.barrier()
+        return FitResult(epochs_run=epochs - start_epoch, resumed=resumed, last_metrics=metrics)
+
+    def _train_epoch(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        hooks: TrainHooks,
+        extra_params: list[Tensor],
+        epoch: int,
+        steps: int,
+        total: int,
+        phase: str,
+    ) -> dict[str, float]:
+        cfg = self.config
+        loss_sum, correct, seen = 0.0, 0, 0
+        batches: Iterator[Any] = iter(self._loader(epoch))
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, desc=f"{phase} {epoch + 1}", leave=False)
+        for index in range(steps):
+            images, targets = next(batches)
+            images, targets = images.to(self.device), targets.to(self.device)
+            step = epoch * steps + index
+            hooks.on_step_start(step, total)
+            with self._autocast():
+                logits = model(images)
+                loss = self._task_loss(images, logits, targets)
+                extra = hooks.extra_loss(logits, targets)
+                if extra is not None:
+                    loss = loss + extra
+            if not torch.isfinite(loss.detach()):
+                last = "none yet" if self.checkpoint_dir is None else str(self.checkpoint_dir)
+                raise TrainingDiverged(
+                    f"{phase}: loss became {loss.item()} at epoch {epoch + 1}, step {index + 1}; "
+                    f"stopped (last good checkpoint: {last}). Lower train.lr or check the data."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if is_distributed() and extra_params:
+                world = dist.get_world_size()
+                for param in extra_params:
+                    if param.grad is not None:
+                        dist.all_reduce(param.grad)
+                        param.grad /= world
+            hooks.on_after_backward(step)
+            if cfg.grad_clip is not None:
+                params = [p for g in optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            hooks.on_step_end(step)
+            loss_sum += float(loss.detach()) * len(targets)
+            correct += int((logits.argmax(-1) == targets).sum())
+            seen += len(targets)
+            if bar is not None:
+                bar.update(1)
+                shown = {"loss": loss_sum / seen, "acc": correct / seen, **hooks.metrics()}
+                bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+        if bar is not None:
+            bar.close()
+        return {"train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1)}
+
+    def _task_loss(self, images: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
+        cfg = self.config
+        if self.teacher is None or cfg.distill is None:
+            return F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
+        with torch.no_grad():
+            teacher_logits = self.teacher(images)
+        return distillation_loss(
+            logits.float(),
+            teacher_logits.float(),
+            targets,
+            cfg.distill.alpha,
+            cfg.distill.temperature,
+            cfg.label_smoothing,
+        )
+
+    def _autocast(self) -> Any:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: Dataset | None = None) -> dict[str, float]:
+        """Top-1 and loss on ``data`` (the validation split by default)."""
+        data = data if data is not None else self.val_data
+        if data is None:
+            raise ValueError("no evaluation data")
+        was_training = model.training
+        model.eval()
+        loader = DataLoader(
+            data,
+            batch_size=self.config.eval_batch_size,
+            shuffle=False,
+            num_workers=self.config.num_workers,
+        )
+        correct, seen, loss_sum = 0, 0, 0.0
+        for images, targets in loader:
+            images, targets = images.to(self.device), targets.to(self.device)
+            with self._autocast():
+                logits = model(images).float()
+            loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+            correct += int((logits.argmax(-1) == targets).sum())
+            seen += len(targets)
+        model.train(was_training)
+        return {"top1": correct / max(seen, 1), "loss": loss_sum / max(seen, 1)}
