@@ -75,15 +75,29 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    """Dataset, resolution and normalization."""
+    """Dataset, resolution and normalization.
+
+    ``val_fraction`` of the training data is held out (stratified, seeded) for search
+    decisions; the dataset's own test/val split is never seen by the search. ``train_subset``
+    keeps at most that many training images (stratified, after the val split). ``augment``
+    switches training augmentation (crop + flip, or timm's ImageNet recipe) on or off.
+    ``num_classes`` sets the class count of ``synthetic`` data; for real data it is optional
+    and, when given, checked against the classes found.
+    """
 
     format: Literal["imagefolder", "cifar10", "tiny_imagenet", "digits", "synthetic"]
     root: str | None = None
     image_size: Annotated[int, Field(ge=8)] = 224
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    std: tuple[
+        Annotated[float, Field(gt=0.0)],
+        Annotated[float, Field(gt=0.0)],
+        Annotated[float, Field(gt=0.0)],
+    ] = (0.229, 0.224, 0.225)
     train_subset: Annotated[int, Field(ge=1)] | None = None
+    augment: bool = True
+    num_classes: Annotated[int, Field(ge=2)] | None = None
 
     @field_validator("root")
     @classmethod
@@ -132,6 +146,9 @@ class TrainConfig(_Section):
     distill: DistillConfig | None = None
     seed: int = 0
     num_workers: Annotated[int, Field(ge=0)] = 0
+    dense_epochs: Annotated[int, Field(ge=0)] = (
+        0  # train the dense model first if it has no weights
+    )
 
 
 class StrategyConfig(_Section):
@@ -257,8 +274,17 @@ def load_config(
     try:
         return SearchConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-            lines.append(f"{source}: {key}: {_describe(error, SearchConfig)}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(format_validation_error(exc, SearchConfig, source=source)) from None
+
+
+def format_validation_error(
+    exc: ValidationError, model: type[BaseModel], source: str = "", prefix: str = ""
+) -> str:
+    """One line per problem: ``source: key.path: what was expected``."""
+    lines = []
+    for error in exc.errors():
+        parts = ([prefix] if prefix else []) + [str(part) for part in error["loc"]]
+        key = ".".join(parts)
+        head = f"{source}: " if source else ""
+        lines.append(f"{head}{key or '(top level)'}: {_describe(error, model)}")
+    return "\n".join(lines)
