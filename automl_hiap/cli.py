@@ -35,6 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect", help="show a space: per-layer units, dense MACs/params, prunable shares"
     )
     _add_space_args(inspect)
+    search = commands.add_parser(
+        "search", help="search a subnet, export it, evaluate it on the test split, measure it"
+    )
+    _add_space_args(search)
+    search.add_argument("--strategy", help="a strategy name (default: the file's strategy.name)")
+    search.add_argument("--budget", help="fraction of dense MACs (0.5) or absolute MACs (2.3G)")
+    search.add_argument("--out", default="runs/search", help="output folder (default: %(default)s)")
+    search.add_argument("--no-progress", action="store_true", help="no progress bars")
+    evaluate = commands.add_parser(
+        "evaluate", help="re-measure an exported model: test top-1 and throughput"
+    )
+    evaluate.add_argument("folder", help="a search's output folder or its model/ folder")
+    _add_space_args(evaluate)
     return parser
 
 
@@ -65,7 +78,43 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(describe_space(config))
 
 
-COMMANDS = {"spaces": cmd_spaces, "strategies": cmd_strategies, "inspect": cmd_inspect}
+def cmd_search(args: argparse.Namespace) -> None:
+    from automl_hiap.budget import parse_budget
+    from automl_hiap.config import load_config
+    from automl_hiap.search import run_search, summary
+
+    config = load_config(args.space, args.overrides)
+    budget = None
+    if args.budget is not None:
+        try:
+            budget = parse_budget(args.budget)
+        except ValueError as exc:
+            raise UserError(f"--budget: {exc}") from None
+    report = run_search(config, args.out, args.strategy, budget, progress=not args.no_progress)
+    print(summary(report))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from automl_hiap.config import load_config
+    from automl_hiap.search import evaluate_export
+
+    folder = Path(args.folder)
+    folder = folder / "model" if (folder / "model").is_dir() else folder
+    result = evaluate_export(folder, load_config(args.space, args.overrides))
+    print(
+        f"top-1 {result['top1']:.2%}   {result['images_per_s']:.1f} img/s (batch {result['batch']})"
+    )
+
+
+COMMANDS = {
+    "spaces": cmd_spaces,
+    "strategies": cmd_strategies,
+    "inspect": cmd_inspect,
+    "search": cmd_search,
+    "evaluate": cmd_evaluate,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

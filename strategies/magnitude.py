@@ -20,17 +20,24 @@ Choices (no paper defines this baseline):
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from automl_hiap.errors import UserError
+from automl_hiap.export import export
 from automl_hiap.selection import select_to_budget
 from automl_hiap.space import BlockKeep
 from automl_hiap.strategy import SearchContext, SearchResult, Strategy, StrategyParams
 
 
 class MagnitudeParams(StrategyParams):
-    """One-shot magnitude pruning has no knobs beyond the budget."""
+    """Fine-tuning epochs of the exported model (0: one-shot, no training at all)."""
+
+    finetune_epochs: Annotated[int, Field(ge=0)] = 0
+    finetune_lr: Annotated[float, Field(gt=0)] | None = None  # default: train.lr
 
 
 def _energy_rows(weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -95,7 +102,7 @@ def importance_scores(model: torch.nn.Module) -> list[BlockKeep]:
 
 class MagnitudeStrategy(Strategy):
     name = "magnitude"
-    description = "one-shot pruning by weight energy per MAC to the budget (baseline)"
+    description = "baseline: one-shot pruning by weight energy per MAC, optional fine-tuning"
     Params = MagnitudeParams
 
     def search(self, context: SearchContext) -> SearchResult:
@@ -106,4 +113,11 @@ class MagnitudeStrategy(Strategy):
             subnet = select_to_budget(context.space, scores, context.target_macs)
         except ValueError as exc:
             raise UserError(f"budget: {exc}") from None
-        return SearchResult(subnet=subnet, model=context.model)
+        epochs = self.params.finetune_epochs  # type: ignore[attr-defined]
+        if epochs == 0:
+            return SearchResult(subnet=subnet, model=context.model)
+        if context.trainer is None:
+            raise UserError("strategy.params.finetune_epochs: fine-tuning needs training data")
+        pruned = export(context.model, subnet, context.spec)
+        context.trainer.fit(pruned, epochs, phase="magnitude_finetune", lr=self.params.finetune_lr)  # type: ignore[attr-defined]
+        return SearchResult(subnet=subnet, model=pruned, fine_tuned=True)

@@ -1,0 +1,200 @@
+"""One search, end to end: model + data + strategy -> exported, evaluated, measured model.
+
+The output folder holds everything a user needs and everything a resumed run reuses::
+
+    OUT/subnet.json            the decision (kept indices per unit)
+    OUT/model/arch.json        architecture of the exported model
+    OUT/model/model.safetensors  its weights
+    OUT/metrics.json           dense vs pruned: top-1, MACs, params, measured speed-up
+    OUT/structure.png          kept heads / dims / neurons per layer
+    OUT/checkpoints/*.pt       per-phase training state (a killed search resumes from here)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from automl_hiap import registry
+from automl_hiap.budget import Budget, format_macs
+from automl_hiap.config import SearchConfig, format_validation_error
+from automl_hiap.cost import dense_cost, subnet_cost
+from automl_hiap.errors import ConfigError, UserError
+from automl_hiap.export import export, save
+from automl_hiap.measure import throughput
+from automl_hiap.models import ModelSpec, create_model
+from automl_hiap.plots import structure_plot
+from automl_hiap.space import SearchSpace
+from automl_hiap.strategy import SearchContext, Strategy
+from automl_hiap.subnet import Subnet
+from automl_hiap.trainer import Trainer, is_main_process
+
+
+@dataclass
+class SearchReport:
+    out: Path
+    subnet: Subnet
+    metrics: dict[str, Any]
+
+
+def build_strategy(config: SearchConfig, name: str | None = None) -> Strategy:
+    """The configured strategy with its params validated (errors name ``strategy.params``)."""
+    cls = registry.get(name or config.strategy.name)
+    try:
+        return cls.from_dict(config.strategy.params)
+    except ValidationError as exc:
+        raise ConfigError(
+            format_validation_error(exc, cls.Params, prefix="strategy.params")
+        ) from None
+
+
+def run_search(
+    config: SearchConfig,
+    out: str | Path,
+    strategy_name: str | None = None,
+    budget: Budget | None = None,
+    progress: bool = True,
+    measure_batch: int = 64,
+) -> SearchReport:
+    """Search, export, evaluate on the test split, measure, and write the output folder."""
+    from automl_hiap.data import build_datasets
+
+    out = Path(out)
+    strategy = build_strategy(config, strategy_name)
+    torch.manual_seed(config.train.seed)
+    m = config.model
+    model = create_model(m.name, dict(m.kwargs), m.checkpoint, m.pretrained)
+    spec = ModelSpec(m.name, dict(m.kwargs))
+    data = build_datasets(config.data, seed=config.train.seed)
+    classes = getattr(model, "num_classes", None)
+    if classes is not None and classes != data.num_classes:
+        raise UserError(
+            f"model.kwargs.num_classes: the model predicts {classes} classes, "
+            f"the data has {data.num_classes}"
+        )
+    space = SearchSpace.from_model(model, config.space.units, config.space.constraints)
+    dense = dense_cost(space)
+    budget = budget if budget is not None else config.budget
+    target = None
+    if budget is not None:
+        try:
+            target = budget.target_macs(dense.macs)
+        except ValueError as exc:
+            raise UserError(f"budget: {exc}") from None
+    elif strategy.needs_budget:
+        raise UserError(f"budget: strategy {strategy.name!r} needs a budget (e.g. --budget 0.5)")
+
+    trainer = Trainer(
+        config.train, data.train, data.val, checkpoint_dir=out / "checkpoints", progress=progress
+    )
+    has_weights = m.checkpoint is not None or m.pretrained
+    if not has_weights:
+        if config.train.dense_epochs == 0:
+            raise UserError(
+                "model.checkpoint: the model has no weights; give a checkpoint, set "
+                "model.pretrained, or train.dense_epochs to train it first"
+            )
+        trainer.fit(model, config.train.dense_epochs, phase="dense")
+    teacher = copy.deepcopy(model).eval() if config.train.distill is not None else None
+    trainer.teacher = teacher
+    dense_test = trainer.evaluate(model, data.test)
+
+    dense_model = copy.deepcopy(model).eval()
+    context = SearchContext(
+        model=model,
+        spec=spec,
+        space=space,
+        target_macs=target,
+        seed=config.train.seed,
+        trainer=trainer,
+        teacher=teacher,
+    )
+    result = strategy.search(context)
+    subnet = result.subnet.validate(space)
+    pruned = result.model if result.fine_tuned else export(result.model, subnet, spec)
+    pruned.eval()
+    pruned_test = trainer.evaluate(pruned, data.test)
+    cost = subnet_cost(space, subnet)
+
+    speed = throughput(
+        {"dense": dense_model, "pruned": pruned}, config.data.image_size, measure_batch
+    )
+    metrics: dict[str, Any] = {
+        "strategy": strategy.name,
+        "params_config": strategy.params.model_dump(),
+        "budget": None if budget is None else str(budget),
+        "target_macs": target,
+        "dense": {
+            "top1": dense_test["top1"],
+            "macs": dense.macs,
+            "params": dense.params,
+            "images_per_s": speed["dense"],
+        },
+        "pruned": {
+            "top1": pruned_test["top1"],
+            "macs": cost.macs,
+            "params": cost.params,
+            "images_per_s": speed["pruned"],
+        },
+        "macs_ratio": cost.macs / dense.macs,
+        "speedup": speed["pruned"] / speed["dense"],
+        "measure_batch": measure_batch,
+        "strategy_metrics": result.metrics,
+        "structure": subnet.describe(),
+    }
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        subnet.save(out / "subnet.json")
+        save(pruned, out / "model")
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        structure_plot(
+            space,
+            subnet,
+            out / "structure.png",
+            title=f"{m.name} · {strategy.name} · {format_macs(cost.macs)} MACs",
+        )
+    return SearchReport(out=out, subnet=subnet, metrics=metrics)
+
+
+def evaluate_export(folder: str | Path, config: SearchConfig, batch: int = 64) -> dict[str, Any]:
+    """Re-measure an exported model: test top-1 and throughput."""
+    from automl_hiap.data import build_datasets
+    from automl_hiap.export import load
+
+    model: nn.Module = load(folder)
+    data = build_datasets(config.data, seed=config.train.seed)
+    trainer = Trainer(config.train, data.train, data.val)
+    top1 = trainer.evaluate(model, data.test)["top1"]
+    speed = throughput({"pruned": model}, config.data.image_size, batch)["pruned"]
+    return {"top1": top1, "images_per_s": speed, "batch": batch}
+
+
+def summary(report: SearchReport) -> str:
+    """The lines the CLI prints after a search."""
+    m = report.metrics
+    d, p = m["dense"], m["pruned"]
+    lines = [
+        f"strategy {m['strategy']}   budget {m['budget']}   output {report.out}",
+        f"{'':8s} {'top-1':>8s} {'MACs':>10s} {'params':>10s} {'img/s':>9s}",
+        f"{'dense':8s} {d['top1']:8.2%} {format_macs(d['macs']):>10s} "
+        f"{d['params'] / 1e6:9.3f}M {d['images_per_s']:9.1f}",
+        f"{'pruned':8s} {p['top1']:8.2%} {format_macs(p['macs']):>10s} "
+        f"{p['params'] / 1e6:9.3f}M {p['images_per_s']:9.1f}",
+        f"MACs {m['macs_ratio']:.1%} of dense, measured speed-up {m['speedup']:.2f}x "
+        f"(batch {m['measure_batch']})",
+        "",
+        "layer  heads  q/k dims per head        v dims per head          neurons",
+    ]
+    for i, layer in enumerate(m["structure"]):
+        lines.append(
+            f"{i:5d}  {layer['heads']:5d}  {layer['qk_dims']!s:24s} "
+            f"{layer['v_dims']!s:24s} {layer['neurons']:7d}"
+        )
+    return "\n".join(lines)
