@@ -21,11 +21,10 @@ class Dummy(Strategy):
 
 
 @pytest.fixture(autouse=True)
-def clean_registry():
-    saved = dict(registry._registry)
-    yield
-    registry._registry.clear()
-    registry._registry.update(saved)
+def clean_registry(monkeypatch):
+    registry.discover()
+    monkeypatch.setattr(registry, "_registry", dict(registry._registry))
+    monkeypatch.setattr(registry, "_discovered", True)
 
 
 def test_builtin_strategies_come_from_the_entry_point_group() -> None:
