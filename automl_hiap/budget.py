@@ -22,7 +22,7 @@ class Budget:
         target = self.value if self.absolute else self.value * dense_macs
         if target > dense_macs * (1 + 1e-9):
             raise ValueError(
-                f"budget {self} is larger than the dense model ({format_macs(dense_macs)} MACs)"
+                f"{self} is larger than the dense model ({format_macs(dense_macs)} MACs)"
             )
         return target
 
