@@ -65,36 +65,46 @@ def build_blocks(model: nn.Module, subnet: Subnet) -> list[PrunedBlock]:
     return blocks
 
 
+def _slice_pair(
+    producer: nn.Linear,
+    consumer: nn.Linear,
+    new_producer: nn.Linear,
+    new_consumer: nn.Linear,
+    rows: list[int],
+    columns: list[int],
+    input_columns: tuple[int, ...] | None,
+) -> None:
+    """Copy a coupled pair: the producer keeps ``rows`` (+ bias; ``input_columns`` of its
+    input if given), the consumer keeps the input ``columns`` they feed (bias untouched)."""
+    weight = producer.weight[rows]
+    if input_columns is not None:
+        weight = weight[:, list(input_columns)]
+    new_producer.weight.copy_(weight)
+    if producer.bias is not None:
+        new_producer.bias.copy_(producer.bias[rows])
+    new_consumer.weight.copy_(consumer.weight[:, columns])
+    if consumer.bias is not None:
+        new_consumer.bias.copy_(consumer.bias)
+
+
 @torch.no_grad()
 def _copy_weights(block: Any, pruned: Any, layer: LayerKeep) -> None:
     if pruned.attn is not None:
         attn = block.attn
         hd, width = attn.head_dim, attn.num_heads * attn.head_dim
         _, order = group_heads([(len(h.qk), len(h.v)) for h in layer.heads])
-        heads = [layer.heads[i] for i in order]
+        heads = [layer.heads[i] for i in order]  # the layout PrunedAttention expects
         q_rows = [h.index * hd + j for h in heads for j in h.qk]
         v_rows = [h.index * hd + j for h in heads for j in h.v]
-        rows = torch.tensor(q_rows + [width + r for r in q_rows] + [2 * width + r for r in v_rows])
-        weight = attn.qkv.weight[rows]
-        if layer.attn_in is not None:
-            weight = weight[:, list(layer.attn_in)]
-        pruned.attn.qkv.weight.copy_(weight)
-        if attn.qkv.bias is not None:
-            pruned.attn.qkv.bias.copy_(attn.qkv.bias[rows])
-        pruned.attn.proj.weight.copy_(attn.proj.weight[:, v_rows])
-        if attn.proj.bias is not None:
-            pruned.attn.proj.bias.copy_(attn.proj.bias)
+        qkv_rows = q_rows + [width + r for r in q_rows] + [2 * width + r for r in v_rows]
+        _slice_pair(
+            attn.qkv, attn.proj, pruned.attn.qkv, pruned.attn.proj, qkv_rows, v_rows, layer.attn_in
+        )
     if pruned.mlp is not None:
         mlp, neurons = block.mlp, list(layer.neurons)
-        weight = mlp.fc1.weight[neurons]
-        if layer.mlp_in is not None:
-            weight = weight[:, list(layer.mlp_in)]
-        pruned.mlp.fc1.weight.copy_(weight)
-        if mlp.fc1.bias is not None:
-            pruned.mlp.fc1.bias.copy_(mlp.fc1.bias[neurons])
-        pruned.mlp.fc2.weight.copy_(mlp.fc2.weight[:, neurons])
-        if mlp.fc2.bias is not None:
-            pruned.mlp.fc2.bias.copy_(mlp.fc2.bias)
+        _slice_pair(
+            mlp.fc1, mlp.fc2, pruned.mlp.fc1, pruned.mlp.fc2, neurons, neurons, layer.mlp_in
+        )
 
 
 def export(model: nn.Module, subnet: Subnet, spec: ModelSpec) -> nn.Module:
