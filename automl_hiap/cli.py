@@ -82,6 +82,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     from automl_hiap.budget import parse_budget
     from automl_hiap.config import load_config
     from automl_hiap.search import run_search, summary
+    from automl_hiap.trainer import is_main_process
 
     config = load_config(args.space, args.overrides)
     budget = None
@@ -91,7 +92,8 @@ def cmd_search(args: argparse.Namespace) -> None:
         except ValueError as exc:
             raise UserError(f"--budget: {exc}") from None
     report = run_search(config, args.out, args.strategy, budget, progress=not args.no_progress)
-    print(summary(report))
+    if is_main_process():
+        print(summary(report))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
