@@ -6,7 +6,8 @@ have its own head count, per-head q/k and v widths, FFN width, and may lose its 
 FFN branch entirely. Nothing is padded back to dense sizes.
 
 Heads with equal (q/k, v) widths are laid out contiguously and run as one batched attention
-call, so a uniform layer costs one call and a heterogeneous one a call per distinct shape.
+call, so a uniform layer costs one call and a heterogeneous one a call per distinct shape;
+within a call, q/k and v are zero-padded to one width so CPU keeps its fused SDPA kernel.
 The softmax scale of the original head dim is passed explicitly (SDPA's default would use the
 pruned width and change the function).
 """
@@ -47,6 +48,25 @@ def _register_in_index(module: nn.Module, index: Sequence[int] | None) -> None:
     the spec so that ``state_dict`` holds weights only."""
     value = None if index is None else torch.tensor(list(index), dtype=torch.long)
     module.register_buffer("in_index", value, persistent=False)
+
+
+def _attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, scale: float
+) -> Tensor:
+    """SDPA with q/k and v padded with zeros to one width, then the output cut back.
+
+    CPU's fused SDPA kernels need equal q/k and v head widths; otherwise a much slower generic
+    path runs (40 ms vs 15 ms for 32/48-wide heads, batch 64, 197 tokens). Zero columns add
+    nothing to q·k, and zero v columns only add zero outputs, so this is exact.
+    """
+    qk_width, v_width = q.shape[-1], v.shape[-1]
+    if qk_width < v_width:
+        q = F.pad(q, (0, v_width - qk_width))
+        k = F.pad(k, (0, v_width - qk_width))
+    elif v_width < qk_width:
+        v = F.pad(v, (0, qk_width - v_width))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
+    return out[..., :v_width] if v_width < qk_width else out
 
 
 class PrunedAttention(nn.Module):
@@ -90,9 +110,7 @@ class PrunedAttention(nn.Module):
             k = k_all[..., qk_at:qk_end].reshape(batch, tokens, g.count, g.qk).transpose(1, 2)
             v = v_all[..., v_at:v_end].reshape(batch, tokens, g.count, g.v).transpose(1, 2)
             if self.fused_attn:
-                out = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale
-                )
+                out = _attention(q, k, v, attn_mask, is_causal, self.scale)
             else:  # explicit path: visible to FLOP counters
                 if attn_mask is not None or is_causal:
                     raise NotImplementedError("masks need the fused attention path")

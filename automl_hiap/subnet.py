@@ -280,7 +280,7 @@ def random_subnet(
             if not uniform
             else torch.arange(count)
         )
-        return tuple(sorted(int(i) for i in chosen))
+        return tuple(sorted(chosen.tolist()))
 
     layers = []
     for i, shape in enumerate(space.layers):
