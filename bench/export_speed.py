@@ -18,7 +18,8 @@ Why: MACs are only a proxy. The figure of merit is the *efficiency*
 ``speed-up / (dense MACs / pruned MACs)``: 1.0 means the wall-clock gain matches the MACs
 reduction; the target is >= 0.8 at batch 64. Uniform vs heterogeneous separates the cost of
 having fewer MACs from the cost of irregular shapes (e.g. one attention call per distinct
-head shape in :class:`~automl_hiap.pruned_vit.PrunedAttention`).
+(q/k, v) head shape in :class:`~automl_hiap.pruned_vit.PrunedAttention`, which also leaves
+PyTorch's fused CPU attention kernel when q/k != v).
 
 How: ``torch.inference_mode()``, a fixed thread count, warm-up forwards, then several timed
 repeats; each repeat runs every model of a (model, batch) group once, in a rotating order, so
@@ -27,21 +28,26 @@ to last ``--min-sample-s``; the reported time is the median sample. Heavy groups
 repeats (``--group-budget-s``). The machine may be shared: on Linux, the script checks how much
 CPU *other* processes used during each sample (``/proc/stat`` minus this process); a sample
 during which they used more than ``--max-foreign-load`` cores is discarded and retried after
-waiting for the machine to go quiet (bounded; counts are recorded in the JSON).
+waiting for the machine to go quiet (bounded; counts are recorded in the JSON). By default
+glibc is told to keep freed buffers (``--malloc tuned``, see :func:`tune_malloc`): stock glibc
+page-faults every large activation in again on each forward, a cost that shrinks faster than
+the MACs and would inflate speed-ups; ``--malloc default`` measures the stock behaviour.
 
 Usage::
 
-    python bench/export_speed.py            # full run (~5-8 min on 2 cores), writes bench/results
+    python bench/export_speed.py            # full run (~4-5 min on 2 cores), writes bench/results
     python bench/export_speed.py --quick    # few-second smoke run, writes nothing
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
 import platform
+import resource
 import shlex
 import statistics
 import sys
@@ -65,6 +71,12 @@ ACCEPT = 0.01  # ... and the search stops at the first one within 1 %
 # (keep_low, keep_high) ranges tried by the heterogeneous search, per seed
 KEEP_RANGES = ((0.1, 1.0), (0.2, 1.0), (0.3, 1.0), (0.4, 1.0), (0.5, 1.0), (0.6, 1.0), (0.7, 1.0))
 SEEDS = 40
+ALLOCATOR = {
+    True: "glibc with mmap/trim thresholds at 2 GiB (`--malloc tuned`): activation buffers are "
+    "reused, not page-faulted in again every forward",
+    False: "stock (`--malloc default`, or not glibc): glibc re-maps every buffer > 32 MiB on "
+    "each forward",
+}
 
 
 @dataclass(frozen=True)
@@ -207,6 +219,30 @@ def build_variants(family: Family, targets: list[float]) -> list[Variant]:
 
 
 # ---------------------------------------------------------------------------- timing
+def tune_malloc() -> bool:
+    """glibc only: keep freed buffers in the heap (mmap and trim thresholds at 2 GiB).
+
+    Stock glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh
+    ``mmap`` and unmaps it on free, so each forward page-faults its large activations in again
+    (~700k minor faults per DeiT-Small batch-64 forward here). That cost grows faster than the
+    MACs (smaller pruned activations drop under the threshold) and inflates speed-ups. Same as
+    ``MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647``; True if applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold, limit = -1, -3, 2**31 - 1
+    mmap_ok = bool(libc.mallopt(m_mmap_threshold, limit))
+    return bool(libc.mallopt(m_trim_threshold, limit)) and mmap_ok
+
+
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def forward_time(model: nn.Module, x: torch.Tensor, iters: int) -> float:
     """Mean seconds per forward over ``iters`` forwards."""
     start = time.perf_counter()
@@ -264,19 +300,22 @@ def time_group(
     round_s = iters * sum(warm.values())
     repeats = max(args.min_repeats, min(args.repeats, int(args.group_budget_s / round_s)))
     samples: dict[str, list[float]] = {v.name: [] for v in variants}
+    faults: dict[str, list[float]] = {v.name: [] for v in variants}
     retried: list[float] = []  # foreign load during each discarded sample
     waited = 0.0
     for r in range(repeats):
         for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
             while True:
-                before, start = cpu_seconds(), time.perf_counter()
+                before, start, faulted = cpu_seconds(), time.perf_counter(), minor_faults()
                 seconds = forward_time(v.model, x, iters)
+                faulted = minor_faults() - faulted
                 load = foreign_load(before, time.perf_counter() - start)
                 if load <= args.max_foreign_load or len(retried) >= args.max_retries:
                     break
                 retried.append(round(load, 3))
                 waited += wait_until_quiet(args.max_foreign_load, args.max_wait_s)
             samples[v.name].append(seconds)
+            faults[v.name].append(faulted / iters)
         if round_s > 5:
             print(f"  repeat {r + 1}/{repeats} done ({len(retried)} samples retried)", flush=True)
     return {
@@ -285,6 +324,7 @@ def time_group(
         "retried_samples_foreign_load": retried,
         "waited_s": waited,
         "samples_s": samples,
+        "minor_page_faults_per_forward": faults,
     }
 
 
@@ -391,11 +431,19 @@ def environment(threads: int) -> dict[str, Any]:
     }
 
 
+def faults(timing: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{name} {statistics.median(v):.0f}"
+        for name, v in timing["minor_page_faults_per_forward"].items()
+    )
+
+
 def groups(timings: list[dict[str, Any]]) -> str:
     return "\n".join(
         f"  - {t['model']} batch {t['batch']}: {t['repeats']} repeats x "
         f"{t['iters_per_sample']} forwards per sample, "
-        f"{len(t['retried_samples_foreign_load'])} samples retried"
+        f"{len(t['retried_samples_foreign_load'])} samples retried, median minor page "
+        f"faults per forward: {faults(t)}"
         for t in timings
     )
 
@@ -410,6 +458,7 @@ Command: `{report["command"]}`
 
 - torch {env["torch"]}, timm {env["timm"]}, Python {env["python"]}
 - CPU: {env["cpu"]} ({env["logical_cpus"]} logical CPUs), `torch.set_num_threads({env["threads"]})`
+- allocator: {ALLOCATOR[env["malloc_tuned"]]}
 - fp32, `torch.inference_mode()`, random weights; up to {settings["warmup"]} warm-up
   forward(s) per model, then round-robin repeats (rotating order), each sample the mean of
   enough forwards to last >= {settings["min_sample_s"]} s; times are medians of the samples
@@ -439,6 +488,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--targets", nargs="+", type=float, default=[0.75, 0.5])
     p.add_argument("--batches", nargs="+", type=int, help="override every model's batch sizes")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument(
+        "--malloc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="tuned: glibc keeps activation buffers (no page faults per forward); default: stock",
+    )
     p.add_argument("--warmup", type=int, default=2, help="warm-up forwards per model")
     p.add_argument("--repeats", type=int, default=15, help="timed samples per model (at most)")
     p.add_argument("--min-repeats", type=int, default=5, help="timed samples per model (at least)")
@@ -471,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out: Path | None = args.out or (None if args.quick else DEFAULT_OUT)
     torch.set_num_threads(args.threads)
+    malloc_tuned = args.malloc == "tuned" and tune_malloc()
     started, load_before = time.perf_counter(), os.getloadavg()
     rows: list[dict[str, Any]] = []
     subnets: list[dict[str, Any]] = []
@@ -514,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = time.perf_counter() - started
     report = {
         "command": shlex.join(["python", *sys.argv]),
-        "environment": environment(args.threads),
+        "environment": environment(args.threads) | {"malloc_tuned": malloc_tuned},
         "settings": {k: v for k, v in vars(args).items() if k not in {"out", "quick"}}
         | {"quick": args.quick, "constraints": CONSTRAINTS.model_dump(), "units": UNITS},
         "loadavg_before": [round(v, 2) for v in load_before],
