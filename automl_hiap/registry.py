@@ -80,8 +80,3 @@ def get(name: str) -> type[Strategy]:
         known = ", ".join(strategies) or "(none installed)"
         raise UserError(f"strategy.name: unknown strategy {name!r} (available: {known})")
     return strategies[name]
-
-
-def unregister(name: str) -> None:
-    """Remove a strategy (for tests and interactive use)."""
-    _registry.pop(name, None)

@@ -24,7 +24,7 @@ so all three agree by construction.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -216,9 +216,6 @@ class SearchSpace:
 
     def searches(self, unit: Unit) -> bool:
         return unit in self.units
-
-    def with_units(self, units: Iterable[Unit | str]) -> SearchSpace:
-        return replace(self, units=frozenset(Unit(u) for u in units))
 
     def dense_keep(self) -> list[FilledKeep]:
         """All-ones keep values (the dense model)."""
