@@ -102,11 +102,11 @@ def run_search(
                 "model.pretrained, or train.dense_epochs to train it first"
             )
         trainer.fit(model, config.train.dense_epochs, phase="dense")
-    teacher = copy.deepcopy(model).eval() if config.train.distill is not None else None
+    dense_model = copy.deepcopy(model).eval()  # the reference, and the distillation teacher
+    teacher = dense_model if config.train.distill is not None else None
     trainer.teacher = teacher
     dense_test = trainer.evaluate(model, data.test)
 
-    dense_model = copy.deepcopy(model).eval()
     context = SearchContext(
         model=model,
         spec=spec,
