@@ -21,7 +21,7 @@ def throughput(
 ) -> dict[str, float]:
     """Images per second of each model; repeats are interleaved across models so that machine
     noise hits all of them alike, and the median repeat is reported."""
-    device = next(iter(models.values())).parameters().__next__().device
+    device = next(next(iter(models.values())).parameters()).device
     x = torch.randn(batch_size, 3, image_size, image_size, device=device)
     for model in models.values():
         model.eval()

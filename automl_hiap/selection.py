@@ -57,8 +57,7 @@ def _ranked(scores: torch.Tensor | None, count: int) -> list[int]:
     """Indices best first (stable: ties keep the lower index)."""
     if scores is None:
         return list(range(count))
-    order = sorted(range(count), key=lambda i: (-float(scores[i]), i))
-    return order
+    return torch.argsort(-scores.double(), stable=True).tolist()
 
 
 def select_to_budget(space: SearchSpace, scores: Sequence[BlockKeep], target_macs: float) -> Subnet:
@@ -84,7 +83,7 @@ def select_to_budget(space: SearchSpace, scores: Sequence[BlockKeep], target_mac
             heapq.heappush(heap, (step[0], next(counter), index, family, key))
 
     for i in range(space.depth):
-        for family, key in _groups(space, layers[i]):
+        for family, key in _groups(layers[i]):
             push(i, family, key)
     while total > target_macs and heap:
         ratio, _, i, family, key = heapq.heappop(heap)
@@ -124,7 +123,7 @@ def _row(
     return None if values is None or not space.searches(unit) else values[head]
 
 
-def _groups(space: SearchSpace, layer: _Layer) -> list[tuple[str, int]]:
+def _groups(layer: _Layer) -> list[tuple[str, int]]:
     groups: list[tuple[str, int]] = [
         ("heads", -1),
         ("neurons", -1),

@@ -198,7 +198,6 @@ class Trainer:
             drop_last=True,
             num_workers=self.config.num_workers,
             generator=generator,
-            persistent_workers=False,
         )
 
     def steps_per_epoch(self) -> int:
