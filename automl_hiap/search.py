@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from automl_hiap.plots import structure_plot
 from automl_hiap.space import SearchSpace
 from automl_hiap.strategy import SearchContext, Strategy
 from automl_hiap.subnet import Subnet
-from automl_hiap.trainer import Trainer, is_main_process
+from automl_hiap.trainer import EpochListener, Trainer, is_main_process
 
 
 @dataclass
@@ -62,8 +63,12 @@ def run_search(
     budget: Budget | None = None,
     progress: bool = True,
     measure_batch: int = 64,
+    listeners: Sequence[EpochListener] = (),
 ) -> SearchReport:
-    """Search, export, evaluate on the test split, measure, and write the output folder."""
+    """Search, export, evaluate on the test split, measure, and write the output folder.
+
+    ``listeners`` hear every training epoch of every phase (trackers, the tuner's pruner).
+    """
     from automl_hiap.data import build_datasets
 
     out = Path(out)
@@ -94,6 +99,7 @@ def run_search(
     trainer = Trainer(
         config.train, data.train, data.val, checkpoint_dir=out / "checkpoints", progress=progress
     )
+    trainer.listeners.extend(listeners)
     has_weights = m.checkpoint is not None or m.pretrained
     if not has_weights:
         if config.train.dense_epochs == 0:

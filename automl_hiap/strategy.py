@@ -80,6 +80,10 @@ class TrainHooks:
         """Numbers for the progress bar and the tracker (expected MACs, temperature, λ, ...)."""
         return {}
 
+    def candidate(self) -> Subnet | None:
+        """The subnet this phase would yield if it stopped now (logged once per epoch)."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume this strategy exactly."""
         return {}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +36,27 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from automl_hiap.config import TrainConfig
 from automl_hiap.errors import UserError
 from automl_hiap.strategy import TrainHooks
+from automl_hiap.subnet import Subnet
 
 NO_DECAY_NDIM = 1  # biases, norm weights, layer scales, tokens of rank <= 1: no weight decay
 
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
+
+
+@dataclass
+class EpochEnd:
+    """What listeners hear after every epoch: trackers log it, the outer loop prunes on it."""
+
+    phase: str
+    epoch: int  # 1-based, the epoch just finished
+    epochs: int
+    metrics: dict[str, float]  # train_loss, train_top1, val_top1, val_loss, strategy metrics
+    candidate: Subnet | None  # the strategy's current decision, if it has one
+
+
+EpochListener = Callable[[EpochEnd], None]
 
 
 @dataclass
@@ -179,6 +194,9 @@ class Trainer:
                 f"train.batch_size: {config.batch_size} is not divisible by {world} processes"
             )
         self.local_batch = config.batch_size // world
+        # called on the main process after each epoch's checkpoint is written; an exception
+        # raised by one (e.g. optuna.TrialPruned) stops the phase, the checkpoint stays
+        self.listeners: list[EpochListener] = []
 
     # ------------------------------------------------------------------ data
     def _loader(self, epoch: int) -> DataLoader:
@@ -270,6 +288,10 @@ class Trainer:
                 )
             if is_distributed():
                 dist.barrier()
+            if is_main_process():
+                event = EpochEnd(phase, epoch + 1, epochs, dict(metrics), hooks.candidate())
+                for listener in self.listeners:
+                    listener(event)
         return FitResult(epochs_run=epochs - start_epoch, resumed=resumed, last_metrics=metrics)
 
     def _train_epoch(

@@ -15,7 +15,13 @@ from torch.utils.data import TensorDataset
 
 from automl_hiap.config import TrainConfig
 from automl_hiap.strategy import TrainHooks
-from automl_hiap.trainer import Trainer, TrainingDiverged, parameter_groups, warmup_cosine
+from automl_hiap.trainer import (
+    EpochEnd,
+    Trainer,
+    TrainingDiverged,
+    parameter_groups,
+    warmup_cosine,
+)
 
 from .conftest import tiny_spec
 
@@ -205,3 +211,22 @@ def test_ddp_with_two_cpu_processes_matches_one_process_on_the_global_batch(tmp_
         ddp = torch.load(tmp_path / f"ddp.{rank}", weights_only=True)
         for name, grad in single.items():
             assert torch.allclose(ddp[name], grad, atol=1e-5, rtol=1e-4), (rank, name)
+
+
+def test_listeners_hear_every_epoch_and_can_stop_the_phase(tmp_path: Path) -> None:
+    trainer = Trainer(
+        TrainConfig(batch_size=16, lr=1e-3), tiny_data(), tiny_data(32), tmp_path, device="cpu"
+    )
+    heard = []
+
+    def stop_after_two(event: EpochEnd) -> None:
+        heard.append((event.phase, event.epoch, event.epochs, sorted(event.metrics)))
+        if event.epoch == 2:
+            raise KeyboardInterrupt
+
+    trainer.listeners.append(stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(tiny_spec().create(), epochs=3, phase="p")
+    keys = ["train_loss", "train_top1", "val_loss", "val_top1"]
+    assert heard == [("p", 1, 3, keys), ("p", 2, 3, keys)]
+    assert torch.load(tmp_path / "p.pt", weights_only=True)["epoch"] == 2  # saved before
