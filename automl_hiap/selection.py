@@ -60,14 +60,17 @@ def _ranked(scores: torch.Tensor | None, count: int) -> list[int]:
     return torch.argsort(-scores.double(), stable=True).tolist()
 
 
-def select_to_budget(space: SearchSpace, scores: Sequence[BlockKeep], target_macs: float) -> Subnet:
+def select_to_budget(
+    space: SearchSpace, scores: Sequence[BlockKeep], target_macs: float, strict: bool = True
+) -> Subnet:
     """The subnet that keeps the highest-scored units with MACs <= ``target_macs``.
 
     ``scores[l]`` holds an importance per unit of layer l, shaped like the keep values
     (``head (H,)``, ``qk``/``v`` ``(H, head_dim)``, ``neuron (hidden,)``, ``attn_in``/``mlp_in``
     ``(D,)``, ``attn``/``ffn`` scalars); a family left ``None`` (or not searched) is kept whole.
     Scores must be comparable across families: the greedy trades them per MAC saved.
-    Raises ValueError when even the smallest allowed subnet exceeds the target.
+    When even the smallest allowed subnet exceeds the target, raises ValueError, or with
+    ``strict=False`` returns that smallest subnet (a repair that must yield something valid).
     """
     if len(scores) != space.depth:
         raise ValueError(f"expected scores for {space.depth} layers, got {len(scores)}")
@@ -97,7 +100,7 @@ def select_to_budget(space: SearchSpace, scores: Sequence[BlockKeep], target_mac
         step[1]()  # apply
         total += layers[i].macs(space.tokens) - before
         push(i, family, key)
-    if total > target_macs:
+    if total > target_macs and strict:
         raise ValueError(
             f"the smallest allowed subnet has {total:.4g} MACs, above the target {target_macs:.4g}"
         )

@@ -1,0 +1,425 @@
+"""HiAP: hierarchical auto-pruning with Gumbel-Sigmoid gates and an analytical MACs loss.
+
+Li, Durrant, Markovic, Leontidis, "HiAP" (arXiv 2603.12222); notes in
+``shared/reference/methods.md`` §1. Every searched unit of the space gets a learnable gate
+logit α: macro gates (attention branch, head, FFN branch) and micro gates (v dims, FFN neurons,
+and optionally q/k dims and input columns). Gates are sampled with Gumbel-Sigmoid,
+``ẑ = σ((α + log u − log(1−u)) / τ)``, τ annealed exponentially from ``tau_start`` to
+``tau_end`` over the search. A micro unit's effective keep value is its gate times the macro
+gates above it (head × v dim, FFN branch × neuron), as the masks compute it. Weights and gates
+train together in one stage on
+
+    task loss (CE, or KD from the dense model when ``train.distill`` is set)
+    + μ · (λ_macro · L_macro + λ_micro · L_micro) + feasibility penalties,
+
+then gates are hardened (keep ⇔ σ(α) > 0.5, micro under macro), repaired if needed, exported
+physically and evaluated with no fine-tuning.
+
+Choices where the paper is silent or inconsistent (each with its reason):
+
+* **Cost ledger.** The paper's constants C1 (per head), C2 (per v dim), C3 (per neuron) charge
+  a head's V-projection rows to the head, although export removes them with the v dim
+  (methods.md §1.4 caveat). We use the core's exact cost model and split it the same way:
+  L_macro is the cost that stays when every searched micro unit is closed (a head's q/k path
+  and QKᵀ: the paper's C1 without the V rows), L_micro the rest (v dims with their qkv row,
+  proj column and AV; neurons with fc1 row and fc2 column: C2, C3). Both are expectations
+  under σ(α) (exact: the cost is multilinear and gates are independent) divided by the dense
+  blocks' MACs, so L_macro + L_micro is the expected fraction of block MACs kept and the
+  hardened model's cost is what the loss was steering.
+* **Straight-through forward** (``hard_forward``, default on): the forward uses the hard
+  sample 1[ẑ > 0.5] and the backward the gradient of ẑ (the paper mentions a straight-through
+  estimator). The network then trains with exactly the 0/1 structures it may be exported
+  with, which is what makes "no fine-tuning" hold; soft ẑ is available for comparison. Note
+  P(ẑ > 0.5) = σ(α) at every τ, so τ shapes the gradient, not the sampled structures.
+* **Noise**: one draw per gate per step, shared by the batch, from a generator seeded by
+  (seed, step): data-parallel processes sample the same structure and a resumed run the same
+  noise. In eval mode (validation during the search) the gates are hardened, so the per-epoch
+  validation top-1 is the accuracy of the subnet that would be exported at that point.
+* **Initialisation and optimizer**: α = ``gate_init`` (3.0: keep-prob 0.95, the pretrained
+  network starts nearly intact); logits in their own AdamW group with ``gate_lr`` and no
+  weight decay (paper: unspecified).
+* **Feasibility**: squared hinges on fractions, using the sampled gates so they bite during
+  training: min heads per kept attention branch, min dims per kept head (v, and q/k when
+  searched), min neurons per kept FFN branch, each deficit divided by its group size and the
+  sum weighted by ``feasibility_weight``. Fractions keep the penalty's scale independent of
+  the model width.
+* **Budget mode (beyond the paper).** With a budget, λ_macro:λ_micro keep their ratio and
+  are scaled by a multiplier μ that a controller sets so the exported cost lands on the target.
+  It is an equality constraint (a budget is a target: users want the accuracy it affords), so
+  μ may turn negative and reopen gates. After every step, gap = MACs/target − 1, where MACs
+  blends the expected cost under σ(α) (smooth, responds at once) into the hardened cost (what
+  gets exported) as the search progresses. An integral term I grows by η·gap·max(1, |I|):
+  geometric far from zero, so it finds the scale at which the cost gradient competes with the
+  task gradient in a few dozen steps whatever that scale, linear near zero, so it can change
+  sign; μ = I + K·gap adds a proportional term (as an augmented Lagrangian does) that reacts to
+  an overshoot at once. Why the blend: under Adam the logits of a family move together, so the
+  hardened cost stays dense until they cross zero and then drops abruptly (a controller on it
+  alone overshoots), while the expected cost alone can sit on the target with every σ(α) > 0.5
+  (it multiplies head and dim probabilities). ``adapt_lambda: false`` gives the paper's
+  fixed-λ mode (μ = 1).
+* **Hardening and repair**: keep ⇔ α > 0 for every gate, micro under macro. If that subnet
+  breaks the space's constraints (round_to, minimum counts), or in budget mode misses the
+  target by more than ``tolerance``, it is repaired by the core's greedy selection with the
+  effective keep-probabilities as scores (units ranked by σ(α), the least likely to be kept
+  go first), to the target in budget mode or to the hardened cost otherwise. The size of the
+  repair is reported (``repaired_units``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Annotated, Any
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from automl_hiap.cost import block_macs, expected_macs
+from automl_hiap.errors import UserError
+from automl_hiap.masking import Masks
+from automl_hiap.selection import select_to_budget
+from automl_hiap.space import (
+    MACRO_UNITS,
+    MICRO_UNITS,
+    UNIT_FIELD,
+    BlockKeep,
+    SearchSpace,
+    Unit,
+)
+from automl_hiap.strategy import (
+    SearchContext,
+    SearchResult,
+    Strategy,
+    StrategyParams,
+    TrainHooks,
+)
+from automl_hiap.subnet import Subnet
+
+MACRO_FIELDS = tuple(UNIT_FIELD[u] for u in MACRO_UNITS)  # attn, head, ffn
+
+
+class HiAPParams(StrategyParams):
+    """HiAP's search settings (methods.md §1; defaults: the paper's where it gives them)."""
+
+    epochs: Annotated[int, Field(ge=1)] = 30
+    lambda_macro: Annotated[float, Field(ge=0)] = 1.0
+    lambda_micro: Annotated[float, Field(ge=0)] = 0.5  # the paper's best ratio, 2:1
+    tau_start: Annotated[float, Field(gt=0)] = 2.0
+    tau_end: Annotated[float, Field(gt=0)] = 0.5
+    gate_lr: Annotated[float, Field(gt=0)] = 0.05
+    gate_init: float = 3.0
+    hard_forward: bool = True
+    feasibility_weight: Annotated[float, Field(ge=0)] = 10.0
+    adapt_lambda: bool = True
+    dual_lr: Annotated[float, Field(gt=0)] = 0.05
+    dual_gain: Annotated[float, Field(ge=0)] = 10.0
+    tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.03
+    lr: Annotated[float, Field(gt=0)] | None = None  # weights' lr (default: train.lr)
+
+    @model_validator(mode="after")
+    def _some_cost_weight(self) -> HiAPParams:
+        if self.lambda_macro == 0 and self.lambda_micro == 0:
+            raise ValueError("lambda_macro and lambda_micro cannot both be 0")
+        return self
+
+
+def temperature(step: int, total: int, start: float, end: float) -> float:
+    """Exponential annealing: ``start`` at the first step, ``end`` at the last."""
+    if total <= 1:
+        return end
+    return start * (end / start) ** (step / (total - 1))
+
+
+def gumbel_sigmoid(logits: Tensor, tau: float, generator: torch.Generator | None = None) -> Tensor:
+    """σ((α + logistic noise) / τ): a relaxed Bernoulli(σ(α)) sample, differentiable in α."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    u = u.clamp(1e-6, 1 - 1e-6)
+    return torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / tau)
+
+
+def straight_through(soft: Tensor) -> Tensor:
+    """Forward 1[soft > 0.5], backward the gradient of ``soft``."""
+    return (soft > 0.5).to(soft.dtype) + soft - soft.detach()
+
+
+class Gates(nn.Module):
+    """One logit per searched unit, stacked over layers: ``logits[field]`` is (L, *shape)."""
+
+    def __init__(self, space: SearchSpace, init: float) -> None:
+        super().__init__()
+        shapes = {(s.num_heads, s.head_dim, s.mlp_hidden, s.embed_dim) for s in space.layers}
+        if len(shapes) != 1:
+            raise UserError("hiap: gates need every block of the model to have the same shape")
+        template = space.layers[0]
+        sizes = BlockKeep().filled(template)
+        self.space = space
+        self.fields = [UNIT_FIELD[u] for u in (*MACRO_UNITS, *MICRO_UNITS) if space.searches(u)]
+        self.logits = nn.ParameterDict(
+            {
+                name: nn.Parameter(torch.full((space.depth, *getattr(sizes, name).shape), init))
+                for name in self.fields
+            }
+        )
+
+    def _layers(self, values: dict[str, Tensor]) -> list[BlockKeep]:
+        return [
+            BlockKeep(**{name: values[name][i] for name in self.fields})
+            for i in range(self.space.depth)
+        ]
+
+    def probabilities(self) -> list[BlockKeep]:
+        """σ(α): each unit's keep-probability (differentiable)."""
+        return self._layers({n: torch.sigmoid(a) for n, a in self.logits.items()})
+
+    def hardened(self) -> list[BlockKeep]:
+        """The deterministic decision: keep ⇔ α > 0."""
+        return self._layers({n: (a.detach() > 0).float() for n, a in self.logits.items()})
+
+    def sample(self, tau: float, generator: torch.Generator, hard: bool) -> list[BlockKeep]:
+        """One Gumbel-Sigmoid draw per gate (straight-through 0/1 when ``hard``)."""
+        values = {}
+        for name, logits in self.logits.items():
+            soft = gumbel_sigmoid(logits, tau, generator)
+            values[name] = straight_through(soft) if hard else soft
+        return self._layers(values)
+
+
+def cost_split(space: SearchSpace, keeps: list[BlockKeep]) -> tuple[Tensor, Tensor]:
+    """(macro, micro) expected block MACs: macro is what remains with every searched micro
+    unit closed (owned by macro gates alone), micro is the rest."""
+    micro_fields = [UNIT_FIELD[u] for u in MICRO_UNITS if space.searches(u)]
+    macro = micro = torch.zeros(())
+    for shape, keep in zip(space.layers, keeps, strict=True):
+        total = block_macs(shape, space.tokens, keep)
+        closed = replace(
+            keep,
+            **{
+                name: torch.zeros_like(value)
+                for name in micro_fields
+                if (value := getattr(keep, name)) is not None
+            },
+        )
+        own = block_macs(shape, space.tokens, closed)
+        macro, micro = macro + own, micro + (total - own)
+    return macro, micro
+
+
+def feasibility_penalty(space: SearchSpace, keeps: list[BlockKeep]) -> Tensor:
+    """Σ relu(deficit)² over minimum heads, dims per head and neurons per FFN (fractions)."""
+    penalty = torch.zeros(())
+    for i, (shape, keep) in enumerate(zip(space.layers, keeps, strict=True)):
+        k = keep.filled(shape)
+        head = k.head * k.attn  # kept heads count only inside a kept branch
+        terms = []
+        if space.searches(Unit.HEAD):
+            need = min(space.min_heads, shape.num_heads) / shape.num_heads
+            terms.append(need * k.attn - k.head.mean())
+        for name, unit in (("v", Unit.V_DIM), ("qk", Unit.QK_DIM)):
+            if space.searches(unit):
+                need = space.min_dims(i) / shape.head_dim
+                terms.append(need * head - getattr(k, name).mean(-1))
+        if space.searches(Unit.NEURON):
+            need = space.min_neurons(i) / shape.mlp_hidden
+            terms.append(need * k.ffn - k.neuron.mean())
+        for deficit in terms:
+            penalty = penalty + torch.relu(deficit).square().sum()
+    return penalty
+
+
+def repair_scores(space: SearchSpace, probs: list[BlockKeep]) -> list[BlockKeep]:
+    """Scores for the core's selection that rank units by effective keep-probability: each is
+    p × the unit's dense MACs, so "score lost per MAC saved" is the probability itself."""
+    n = space.tokens
+    scores = []
+    for shape, keep in zip(space.layers, probs, strict=True):
+        e = keep.map(torch.Tensor.detach).effective(shape)
+        d, hd = shape.embed_dim, shape.head_dim
+        qk_dim, v_dim = 2 * n * d + n * n, 2 * n * d + n * n
+        scores.append(
+            BlockKeep(
+                attn=torch.zeros(()),
+                head=e.head * hd * (qk_dim + v_dim),
+                ffn=torch.zeros(()),
+                qk=e.qk * qk_dim,
+                v=e.v * v_dim,
+                neuron=e.neuron * 2 * n * d,
+                attn_in=e.attn_in * n * 3 * shape.num_heads * hd,
+                mlp_in=e.mlp_in * n * shape.mlp_hidden,
+            )
+        )
+    return scores
+
+
+def count_kept(space: SearchSpace, keeps: list[BlockKeep]) -> dict[str, float]:
+    """Kept units per granularity of 0/1 keep values, micro under macro (progress, tracking)."""
+    counts = dict.fromkeys(("kept_attn", "kept_heads", "kept_ffn", "kept_v_dims"), 0.0)
+    counts["kept_neurons"] = 0.0
+    for shape, keep in zip(space.layers, keeps, strict=True):
+        e = keep.effective(shape)
+        counts["kept_attn"] += float(e.attn)
+        counts["kept_heads"] += float(e.head.sum())
+        counts["kept_ffn"] += float(e.ffn)
+        counts["kept_v_dims"] += float(e.v.sum())
+        counts["kept_neurons"] += float(e.neuron.sum())
+    return counts
+
+
+class HiAPSearch(TrainHooks):
+    """The gated model during one search: sampling, loss terms, dual ascent, hardening."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        space: SearchSpace,
+        params: HiAPParams,
+        target_macs: float | None,
+        seed: int,
+        device: torch.device,
+    ) -> None:
+        self.space, self.params, self.target, self.seed = space, params, target_macs, seed
+        self.gates = Gates(space, params.gate_init).to(device)
+        self.dense_block_macs = float(expected_macs(space, space.dense_keep())) - space.fixed_macs
+        self.dense_macs = self.dense_block_macs + space.fixed_macs
+        self.adaptive = target_macs is not None and params.adapt_lambda
+        self.multiplier = 1.0 if not self.adaptive else 0.0
+        self.integral, self.gap = 0.0, 0.0
+        self.tau = params.tau_start
+        self.step, self.total_steps = 0, 1
+        self.sampled: list[BlockKeep] | None = None
+        self.masks = Masks(model, space, self.gates.hardened())
+        self._pre_hook = model.register_forward_pre_hook(self._set_gates)
+
+    def close(self) -> None:
+        """Detach masks and hooks: the model is a plain timm model again."""
+        self.masks.remove()
+        self._pre_hook.remove()
+
+    def _set_gates(self, module: nn.Module, args: Any) -> None:
+        if module.training:
+            generator = torch.Generator(device=self.gates.logits[self.gates.fields[0]].device)
+            generator.manual_seed(self.seed * 1_000_003 + self.step)
+            self.sampled = self.gates.sample(self.tau, generator, self.params.hard_forward)
+            self.masks.set(self.sampled)
+        else:
+            self.masks.set(self.gates.hardened())
+
+    # ---------------------------------------------------------------- trainer hooks
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [{"params": list(self.gates.parameters()), "lr": self.params.gate_lr}]
+
+    def on_step_start(self, step: int, total_steps: int) -> None:
+        p = self.params
+        self.step, self.total_steps = step, total_steps
+        self.tau = temperature(step, total_steps, p.tau_start, p.tau_end)
+
+    def extra_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        p = self.params
+        macro, micro = cost_split(self.space, self.gates.probabilities())
+        cost = (p.lambda_macro * macro + p.lambda_micro * micro) / self.dense_block_macs
+        assert self.sampled is not None, "the model's forward sets the sampled gates"
+        feasibility = feasibility_penalty(self.space, self.sampled)
+        return self.multiplier * cost + p.feasibility_weight * feasibility
+
+    def on_step_end(self, step: int) -> None:
+        self.step = step + 1
+        if self.adaptive:
+            assert self.target is not None
+            with torch.no_grad():
+                expected = float(expected_macs(self.space, self.gates.probabilities()))
+            progress = step / max(self.total_steps - 1, 1)
+            macs = (1 - progress) * expected + progress * self.hardened_macs()
+            self.gap = macs / self.target - 1.0
+            self.integral += self.params.dual_lr * self.gap * max(1.0, abs(self.integral))
+            self.multiplier = self.integral + self.params.dual_gain * self.gap
+
+    def metrics(self) -> dict[str, float]:
+        with torch.no_grad():
+            expected = float(expected_macs(self.space, self.gates.probabilities()))
+        values = {
+            "expected_macs": expected / self.dense_macs,
+            "hardened_macs": self.hardened_macs() / self.dense_macs,
+            "tau": self.tau,
+            "lambda_macro": self.multiplier * self.params.lambda_macro,
+            "lambda_micro": self.multiplier * self.params.lambda_micro,
+            "budget_gap": self.gap,
+        }
+        return values | count_kept(self.space, self.gates.hardened())
+
+    def candidate(self) -> Subnet:
+        return self.harden()[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "logits": {n: a.detach().clone() for n, a in self.gates.logits.items()},
+            "multiplier": self.multiplier,
+            "integral": self.integral,
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for name, value in state["logits"].items():
+                self.gates.logits[name].copy_(value)
+        self.multiplier, self.step = float(state["multiplier"]), int(state["step"])
+        self.integral = float(state["integral"])
+
+    # ---------------------------------------------------------------- decisions
+    def hardened_macs(self) -> float:
+        with torch.no_grad():
+            return float(expected_macs(self.space, self.gates.hardened()))
+
+    def harden(self) -> tuple[Subnet, int]:
+        """The exported decision and how many units the repair changed (0: none needed)."""
+        hard = Subnet.from_keep(self.space, self.gates.hardened())
+        macs = self.hardened_macs()
+        off_target = self.adaptive and abs(macs / self.target - 1) > self.params.tolerance  # type: ignore[operator]
+        if not off_target and not hard.problems(self.space):
+            return hard, 0
+        goal = self.target if self.adaptive else macs
+        scores = repair_scores(self.space, self.gates.probabilities())
+        repaired = select_to_budget(self.space, scores, goal, strict=False)  # type: ignore[arg-type]
+        changed = _differences(self.space, hard, repaired)
+        return repaired, changed
+
+
+def _differences(space: SearchSpace, a: Subnet, b: Subnet) -> int:
+    """Units kept by exactly one of two subnets."""
+    ka, kb = a.to_keep(space), b.to_keep(space)
+    return sum(
+        int((getattr(x, n) != getattr(y, n)).sum())
+        for x, y in zip(ka, kb, strict=True)
+        for n in ("attn", "head", "ffn", "qk", "v", "neuron", "attn_in", "mlp_in")
+    )
+
+
+class HiAPStrategy(Strategy):
+    name = "hiap"
+    description = "HiAP: Gumbel-Sigmoid macro+micro gates, MACs loss, one stage, no fine-tuning"
+    Params = HiAPParams
+    needs_budget = False  # λ alone steers it; a budget switches on λ adaptation
+
+    def search(self, context: SearchContext) -> SearchResult:
+        params: HiAPParams = self.params  # type: ignore[assignment]
+        if context.trainer is None:
+            raise UserError("hiap: the search trains weights and gates; it needs training data")
+        if not context.space.units:
+            raise UserError("space.units: hiap needs at least one searched unit")
+        hooks = HiAPSearch(
+            context.model,
+            context.space,
+            params,
+            context.target_macs,
+            context.seed,
+            context.trainer.device,
+        )
+        try:
+            fit = context.trainer.fit(
+                context.model, params.epochs, phase="hiap_search", hooks=hooks, lr=params.lr
+            )
+            subnet, repaired = hooks.harden()
+            metrics = {k: v for k, v in fit.last_metrics.items() if isinstance(v, float)}
+            metrics |= hooks.metrics() | {"repaired_units": float(repaired)}
+        finally:
+            hooks.close()
+        context.model.eval()
+        return SearchResult(subnet=subnet, model=context.model, metrics=metrics)
