@@ -3,11 +3,14 @@
 Built-in strategies register through the same ``automl_hiap.strategies`` entry-point group as
 third-party plugins, so that path runs in every test. A plugin that fails to import gives a
 warning and is skipped; two strategies with one name are an error (unlike timm, a silent
-override would make results depend on install order).
+override would make results depend on install order). A strategy whose optional package is
+missing (``Strategy.requires``) still registers, so it can be listed with its install command;
+asking for it by name is the error.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from importlib.metadata import entry_points
 
@@ -74,9 +77,18 @@ def available() -> dict[str, type[Strategy]]:
     return dict(sorted(_registry.items()))
 
 
+def missing_requirements(cls: type[Strategy]) -> list[str]:
+    """Install commands for the optional packages ``cls`` needs and this environment lacks."""
+    requires = cls.requires.items()
+    return [hint for module, hint in requires if importlib.util.find_spec(module) is None]
+
+
 def get(name: str) -> type[Strategy]:
     strategies = available()
     if name not in strategies:
         known = ", ".join(strategies) or "(none installed)"
         raise UserError(f"strategy.name: unknown strategy {name!r} (available: {known})")
+    missing = missing_requirements(strategies[name])
+    if missing:
+        raise UserError(f"strategy.name: {name!r} needs an optional package: {'; '.join(missing)}")
     return strategies[name]

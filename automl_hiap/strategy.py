@@ -103,6 +103,9 @@ class Strategy(ABC):
     description: ClassVar[str]
     Params: ClassVar[type[StrategyParams]] = StrategyParams
     needs_budget: ClassVar[bool] = True  # False for methods steered by a coefficient alone
+    # optional packages: import name -> install command (the registry lists a strategy whose
+    # package is missing as unavailable, with the command, instead of failing to load it)
+    requires: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: StrategyParams | None = None) -> None:
         self.params = params if params is not None else self.Params()

@@ -12,6 +12,8 @@ its checkpoints. Writes ``<out>/compare.{md,json}`` and the top-1 vs MACs plot `
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import json
 import platform
 import time
@@ -31,9 +33,11 @@ EPOCHS: dict[str, Callable[[int], dict[str, Any]]] = {
     "hiap": lambda e: {"epochs": e},
     "magnitude": lambda e: {"finetune_epochs": e},
     "sero": lambda e: {"explore_epochs": e // 2, "reopt_epochs": e - e // 2},
-    "vtp": lambda e: {"search_epochs": e // 2, "finetune_epochs": e - e // 2},
     "gohsp": lambda e: {"admm_epochs": e // 2, "finetune_epochs": e - e // 2},
+    "vtp": lambda e: {"sparse_epochs": e // 2, "finetune_epochs": e - e // 2},
+    "nni": lambda e: {"finetune_epochs": e},
 }
+PEERS = {"tp-magnitude": "magnitude", "tp-taylor": "taylor"}  # Torch-Pruning's MetaPruner
 
 
 def log_epoch(event: EpochEnd) -> None:
@@ -54,6 +58,10 @@ def run_one(
     done = folder / "metrics.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if strategy in PEERS:
+        metrics = run_peer(space, PEERS[strategy], budget, epochs, overrides, folder)
+        done.write_text(json.dumps(metrics, indent=1))
+        return metrics
     strategy_params = EPOCHS[strategy](epochs) | params.get(strategy, {})
     config = load_config(space, [*overrides, f"strategy.params={json.dumps(strategy_params)}"])
     started = time.perf_counter()
@@ -63,6 +71,66 @@ def run_one(
     metrics = report.metrics | {"wall_seconds": time.perf_counter() - started}
     done.write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def run_peer(
+    space: str, importance: str, budget: float, epochs: int, overrides: list[str], folder: Path
+) -> dict[str, Any]:
+    """Torch-Pruning on the same model, budget, data, distillation and fine-tuning epochs."""
+    from peer_torch_pruning import count_macs, prune_with_torch_pruning
+
+    from automl_hiap.data import build_datasets
+    from automl_hiap.measure import throughput
+    from automl_hiap.models import create_model
+    from automl_hiap.trainer import Trainer
+
+    started = time.perf_counter()
+    config = load_config(space, overrides)
+    m = config.model
+    torch.manual_seed(config.train.seed)
+    model = create_model(m.name, dict(m.kwargs), m.checkpoint, m.pretrained).eval()
+    data = build_datasets(config.data, seed=config.train.seed)
+    trainer = Trainer(config.train, data.train, data.val, folder / "checkpoints")
+    trainer.listeners.append(log_epoch)
+    if m.checkpoint is None and not m.pretrained:  # as `search` does for weightless spaces
+        trainer.fit(model, config.train.dense_epochs, phase="dense")
+        model.eval()
+    if config.train.distill is not None:
+        trainer.teacher = copy.deepcopy(model).eval()
+    dense_macs = count_macs(model)
+    dense_top1 = trainer.evaluate(model, data.test)["top1"]
+    size = config.data.image_size
+    batches = None
+    if importance == "taylor":  # Torch-Pruning's Taylor importance: gradients of 8 batches
+        loader = torch.utils.data.DataLoader(data.train, batch_size=32, shuffle=True)
+        batches = list(itertools.islice(loader, 8))
+    search_started = time.perf_counter()
+    pruned = prune_with_torch_pruning(
+        model, torch.randn(1, 3, size, size), budget * dense_macs, importance, batches
+    )
+    trainer.fit(pruned, epochs, phase="tp_finetune")
+    search_seconds = time.perf_counter() - search_started
+    pruned.eval()
+    speed = throughput({"dense": model, "pruned": pruned}, size, 64)
+    macs = count_macs(pruned)
+    return {
+        "strategy": f"torch-pruning ({importance})",
+        "dense": {
+            "top1": dense_top1,
+            "macs": dense_macs,
+            "params": sum(p.numel() for p in model.parameters()),
+        },
+        "pruned": {
+            "top1": trainer.evaluate(pruned, data.test)["top1"],
+            "macs": macs,
+            "params": sum(p.numel() for p in pruned.parameters()),
+        },
+        "macs_ratio": macs / dense_macs,
+        "speedup": speed["pruned"] / speed["dense"],
+        "search_seconds": search_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "strategy_metrics": {},
+    }
 
 
 def row(strategy: str, budget: float, m: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,29 @@ def tiny_spec(name: str = "vit_tiny_patch16_224", **overrides: Any) -> ModelSpec
     return ModelSpec(name, {**TINY_KWARGS, **overrides})
 
 
+def synthetic_data(count: int = 64, seed: int = 1234) -> torch.utils.data.TensorDataset:
+    """Random 16x16 images with random labels of 10 classes (for strategies that train)."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(count, 3, 16, 16, generator=generator)
+    return torch.utils.data.TensorDataset(
+        images, torch.randint(0, 10, (count,), generator=generator)
+    )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _mlflow_store_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`search` logs to MLflow by default (./mlflow.db): point every test's runs at one
+    throw-away store instead."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+    yield
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 @pytest.fixture
 def tiny() -> tuple[ModelSpec, torch.nn.Module, ah.SearchSpace]:
     torch.manual_seed(0)
