@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from automl_hiap.errors import UserError
 
@@ -21,6 +22,29 @@ def _add_space_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY.PATH=VALUE",
         help="override a key of the space file (repeatable), e.g. --set train.batch_size=64",
     )
+
+
+def add_tracking_args(parser: argparse.ArgumentParser) -> None:
+    """MLflow flags shared by the commands that track (search, tune)."""
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (overrides MLFLOW_TRACKING_URI and tracking.uri; "
+        "default sqlite:///mlflow.db)",
+    )
+    parser.add_argument(
+        "--register", metavar="NAME", help="register the exported model under NAME in MLflow"
+    )
+    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,11 +67,56 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--budget", help="fraction of dense MACs (0.5) or absolute MACs (2.3G)")
     search.add_argument("--out", default="runs/search", help="output folder (default: %(default)s)")
     search.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_tracking_args(search)
+    tune = commands.add_parser(
+        "tune",
+        help="Optuna outer loop: tune the strategy's params (the file's tune: section)",
+        description="Each trial is one search into OUT/trials/<n>/. Budget mode maximizes val "
+        "top-1 with the exported MACs within tune.tolerance of the budget; trials report val "
+        "top-1 per epoch and the pruner stops hopeless ones. Run the same command again to "
+        "resume. OUT gets trials.csv, tune.json, pareto.png and the best trial's model; MLflow "
+        "gets a parent run per study and a child run per trial (--register: the best's model).",
+    )
+    _add_space_args(tune)
+    tune.add_argument("--strategy", help="a strategy name (default: the file's strategy.name)")
+    tune.add_argument("--budget", help="fraction of dense MACs (0.5) or absolute MACs (2.3G)")
+    tune.add_argument("--trials", type=_positive, help="trials in the study (default: tune.trials)")
+    tune.add_argument(
+        "--storage",
+        help="study storage: a database URL (postgresql://user@host/db, sqlite:///x.db) or a "
+        "file (.db: SQLite, .journal: shared by local workers); default: OUT/study.db "
+        "(OUT/study.journal with --workers > 1)",
+    )
+    tune.add_argument("--study", help="study name (default: model-strategy-budget)")
+    tune.add_argument(
+        "--workers", type=_positive, help="worker processes on this machine (default: 1)"
+    )
+    tune.add_argument(
+        "--pareto",
+        action="store_true",
+        help="two objectives (val top-1 up, MACs down) and report the front; no pruning: "
+        "Optuna cannot prune multi-objective studies",
+    )
+    tune.add_argument("--out", default="runs/tune", help="output folder (default: %(default)s)")
+    tune.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_tracking_args(tune)
     evaluate = commands.add_parser(
         "evaluate", help="re-measure an exported model: test top-1 and throughput"
     )
     evaluate.add_argument("folder", help="a search's output folder or its model/ folder")
     _add_space_args(evaluate)
+    source_help = "an export folder, a .safetensors export, or models:/NAME@alias, runs:/ID/model"
+    pull = commands.add_parser("pull", help="write a registered or logged model's files")
+    pull.add_argument("source", help=source_help)
+    pull.add_argument("--out", required=True, help="folder for arch.json + model.safetensors")
+    pull.add_argument("--tracking-uri", help="MLflow store of the URI (default: as for search)")
+    export = commands.add_parser(
+        "export", help="write ONNX / TorchScript / one-file safetensors, checked against eager"
+    )
+    export.add_argument("source", help=source_help)
+    export.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    export.add_argument("--out", help="file to write (default: SOURCE/exports/model.EXT)")
+    export.add_argument("--tracking-uri", help="MLflow store of the URI (default: as for search)")
     return parser
 
 
@@ -67,7 +136,9 @@ def cmd_strategies(args: argparse.Namespace) -> None:
     from automl_hiap import registry
 
     for name, cls in registry.available().items():
-        print(f"{name:12s} {cls.description}")
+        missing = registry.missing_requirements(cls)
+        note = f"  (needs: {'; '.join(missing)})" if missing else ""
+        print(f"{name:12s} {cls.description}{note}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -91,9 +162,98 @@ def cmd_search(args: argparse.Namespace) -> None:
             budget = parse_budget(args.budget)
         except ValueError as exc:
             raise UserError(f"--budget: {exc}") from None
-    report = run_search(config, args.out, args.strategy, budget, progress=not args.no_progress)
+    if config.tune is not None:  # a tune: section makes search the outer loop
+        _run_tune(args, config, budget, {})
+        return
+    from automl_hiap.tracking import open_tracker
+
+    tracker = open_tracker(  # checks the store now, before any compute
+        config.tracking, args.tracking_uri, args.register, not args.no_tracking, args.out
+    )
+    progress = not args.no_progress
+    if tracker is None:
+        report = run_search(config, args.out, args.strategy, budget, progress=progress)
+    else:
+        with tracker.search_run(config, args.out, args.strategy, budget) as run:
+            report = run_search(
+                config, args.out, args.strategy, budget, progress=progress, listeners=[run]
+            )
+            version = run.log_search(report, config)
     if is_main_process():
         print(summary(report))
+        if tracker is not None:
+            print(f"\nMLflow run {run.id} at {tracker.uri}")
+            if version is not None:
+                aliases = f" (aliases: {', '.join(version.aliases)})" if version.aliases else ""
+                print(f"registered model {version.name} version {version.version}{aliases}")
+
+
+def _run_tune(args: argparse.Namespace, config: Any, budget: Any, flags: dict[str, Any]) -> None:
+    from automl_hiap.errors import ConfigError
+    from automl_hiap.tracking import open_tracker
+    from automl_hiap.trainer import is_main_process
+    from automl_hiap.tune import run_tune
+    from automl_hiap.tune_results import summary
+
+    if config.tune is None:
+        raise ConfigError(
+            f"{args.space}: tune: missing section; add tune.params (the fields to tune and "
+            "their ranges), e.g. --set 'tune.params.finetune_lr={low: 1e-5, high: 1e-3, log: true}'"
+        )
+    updates = {key: value for key, value in flags.items() if value not in (None, False)}
+    settings = config.tune.model_copy(update=updates)
+    tracker = open_tracker(  # checks the store now, before any compute
+        config.tracking, args.tracking_uri, args.register, not args.no_tracking, args.out
+    )
+    hooks = None
+    if tracker is not None:
+        from automl_hiap.tune_tracking import TrackingHooks
+
+        hooks = TrackingHooks(tracker)
+    report = run_tune(
+        config,
+        args.out,
+        strategy_name=args.strategy,
+        budget=budget,
+        tune=settings,
+        source=args.space,
+        hooks=hooks,
+        progress=not args.no_progress,
+    )
+    if report is not None and is_main_process():
+        print(summary(report))
+        if hooks is not None and tracker is not None:
+            print(f"\nMLflow study run {hooks.study_run_id} at {tracker.uri}")
+            for note in hooks.notes:
+                print(f"note: {note}")
+            version = hooks.registered
+            if version is not None and report.best is not None:
+                aliases = f", aliases: {', '.join(version.aliases)}" if version.aliases else ""
+                print(
+                    f"registered model {version.name} version {version.version} "
+                    f"(trial {report.best['trial']}{aliases})"
+                )
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from automl_hiap.budget import parse_budget
+    from automl_hiap.config import load_config
+
+    config = load_config(args.space, args.overrides)
+    budget = None
+    if args.budget is not None:
+        try:
+            budget = parse_budget(args.budget)
+        except ValueError as exc:
+            raise UserError(f"--budget: {exc}") from None
+    flags = {
+        "trials": args.trials,
+        "storage": args.storage,
+        "study": args.study,
+        "workers": args.workers,
+        "pareto": args.pareto,
+    }
+    _run_tune(args, config, budget, flags)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -110,12 +270,39 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_pull(args: argparse.Namespace) -> None:
+    from automl_hiap.pull import pull
+
+    out = pull(args.source, args.out, args.tracking_uri)
+    print(f"{args.source} -> {out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from automl_hiap.export_formats import FORMATS, TOLERANCE, export_to
+    from automl_hiap.pull import is_uri, load
+
+    out = args.out
+    if out is None:
+        base = Path(".") if is_uri(args.source) else Path(args.source)
+        base = base.parent if base.is_file() else base
+        out = base / "exports" / f"model{FORMATS[args.format]}"
+    diff = export_to(load(args.source, args.tracking_uri), args.format, out)
+    print(
+        f"wrote {out} ({args.format}; max |logit difference| vs eager {diff:.2g} <= {TOLERANCE:g})"
+    )
+
+
 COMMANDS = {
     "spaces": cmd_spaces,
     "strategies": cmd_strategies,
     "inspect": cmd_inspect,
     "search": cmd_search,
     "evaluate": cmd_evaluate,
+    "tune": cmd_tune,
+    "pull": cmd_pull,
+    "export": cmd_export,
 }
 
 

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from automl_hiap.budget import Budget, parse_budget
 from automl_hiap.errors import ConfigError
@@ -158,6 +165,109 @@ class StrategyConfig(_Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class TrackingConfig(_Section):
+    """Where MLflow records the search (``automl_hiap.tracking``).
+
+    ``uri`` None: ``MLFLOW_TRACKING_URI`` if set, else MLflow's default local store
+    ``sqlite:///mlflow.db``; the environment variable overrides this key, ``--tracking-uri``
+    overrides both. An unreachable server stops the command before any compute, unless
+    ``offline_fallback`` lets the run log to a local store in the output folder instead.
+    ``register`` names the registered model that the exported model joins (None: not
+    registered); the field is ``registered_model`` because pydantic models have a
+    ``register`` attribute.
+    """
+
+    model_config = ConfigDict(validate_by_name=True)
+
+    enabled: bool = True
+    uri: Annotated[str, Field(min_length=1)] | None = None
+    experiment: Annotated[str, Field(min_length=1)] = "automl_hiap"
+    registered_model: Annotated[str | None, Field(min_length=1, alias="register")] = None
+    offline_fallback: bool = False
+
+
+class TuneRange(_Section):
+    """How the outer loop samples one field of the strategy's params.
+
+    ``{low, high}`` (floats; ``log: true`` samples on a log scale, ``step`` discretizes),
+    ``{low, high, int: true}`` (integers; ``step`` or ``log`` optional), or ``{choices: [...]}``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: Annotated[float, Field(gt=0.0)] | None = None
+    integer: bool = Field(False, alias="int")
+    choices: Annotated[list[Any], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TuneRange:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.integer or self.log:
+                raise ValueError("expected either {choices: [...]} or {low, high}, not both")
+            if self.step is not None:
+                raise ValueError("expected no step with choices")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("expected {low, high} (optionally log, step, int) or {choices: [...]}")
+        if self.low >= self.high:
+            raise ValueError(f"expected low < high, got low={self.low:g}, high={self.high:g}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"expected low > 0 on a log scale, got low={self.low:g}")
+        if self.integer:
+            bounds = (self.low, self.high, self.step or 1.0)
+            if not all(float(v).is_integer() for v in bounds):
+                raise ValueError("expected integer low, high and step with int: true")
+            if self.log and self.step not in (None, 1):
+                raise ValueError("expected no step (or step 1) with log: true")
+        elif self.log and self.step is not None:
+            raise ValueError("expected either log: true or a step on a float range, not both")
+        return self
+
+
+class TuneConfig(_Section):
+    """The Optuna outer loop (``automl_hiap.tune``); present => ``search`` runs it.
+
+    ``trials`` counts the whole study (all workers). ``tolerance``: a single-objective trial is
+    feasible when its exported MACs are within this fraction of the target. ``pruner`` None:
+    median for a single objective, none for ``pareto`` (Optuna cannot prune multi-objective
+    studies). ``seed`` None: ``train.seed``. ``storage`` None: a SQLite file in the output
+    folder (a journal file with ``workers`` > 1); ``${VAR}`` expands (passwords stay out of the
+    file). ``study`` None: derived from model, strategy and budget. ``measure``: time every
+    trial's model (seconds per trial; off for quick studies). ``params``: the tuned fields of
+    ``strategy.params`` (``budget`` tunes the MACs fraction itself; only with ``pareto``).
+    """
+
+    trials: Annotated[int, Field(ge=1)] = 20
+    tolerance: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.03
+    pareto: bool = False
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    startup_trials: Annotated[int, Field(ge=1)] | None = None
+    seed: int | None = None
+    pruner: Literal["median", "hyperband", "none"] | None = None
+    storage: Annotated[str, Field(min_length=1)] | None = None
+    study: Annotated[str, Field(min_length=1)] | None = None
+    workers: Annotated[int, Field(ge=1)] = 1
+    measure: bool = True
+    params: dict[str, TuneRange]
+
+    @field_validator("params")
+    @classmethod
+    def _some_params(cls, params: dict[str, TuneRange]) -> dict[str, TuneRange]:
+        if not params:
+            raise ValueError(
+                "expected at least one tuned field, e.g. {lr: {low: 1e-4, high: 1e-2}}"
+            )
+        return params
+
+    @field_validator("storage")
+    @classmethod
+    def _expand_storage(cls, storage: str | None) -> str | None:
+        return None if storage is None else expand_path(storage)
+
+
 class SearchConfig(_Section):
     """One search-space file."""
 
@@ -167,6 +277,8 @@ class SearchConfig(_Section):
     budget: Budget | None = None
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig | None = None
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -247,7 +359,8 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         current = next((a for a in (current, *args) if hasattr(a, "model_fields")), None)
         if current is None:
             return []
-    return list(getattr(current, "model_fields", {}))
+    fields = getattr(current, "model_fields", {})
+    return [field.alias or name for name, field in fields.items()]  # the YAML's key names
 
 
 def load_config(

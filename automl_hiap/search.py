@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,12 +63,16 @@ def run_search(
     strategy_name: str | None = None,
     budget: Budget | None = None,
     progress: bool = True,
-    measure_batch: int = 64,
+    measure_batch: int | None = 64,
     listeners: Sequence[EpochListener] = (),
 ) -> SearchReport:
     """Search, export, evaluate on the test split, measure, and write the output folder.
 
     ``listeners`` hear every training epoch of every phase (trackers, the tuner's pruner).
+    ``measure_batch=None`` skips the speed measurement (speed fields are then null): the tuner
+    does so for trials when asked, since it costs seconds per trial on tiny models.
+    Both models are also scored on the held-out val split (``val_top1``): selection (the
+    tuner's objective) must not see the test split.
     """
     from automl_hiap.data import build_datasets
 
@@ -112,6 +117,7 @@ def run_search(
     teacher = dense_model if config.train.distill is not None else None
     trainer.teacher = teacher
     dense_test = trainer.evaluate(model, data.test)
+    dense_val = trainer.evaluate(model)
 
     context = SearchContext(
         model=model,
@@ -122,16 +128,23 @@ def run_search(
         trainer=trainer,
         teacher=teacher,
     )
+    started = time.perf_counter()
     result = strategy.search(context)
+    search_seconds = time.perf_counter() - started
     subnet = result.subnet.validate(space)
     pruned = result.model if result.fine_tuned else export(result.model, subnet, spec)
     pruned.eval()
     pruned_test = trainer.evaluate(pruned, data.test)
+    pruned_val = trainer.evaluate(pruned)
     cost = subnet_cost(space, subnet)
 
-    speed = throughput(
-        {"dense": dense_model, "pruned": pruned}, config.data.image_size, measure_batch
-    )
+    speed: dict[str, float | None] = {"dense": None, "pruned": None}
+    if measure_batch is not None:
+        speed.update(
+            throughput(
+                {"dense": dense_model, "pruned": pruned}, config.data.image_size, measure_batch
+            )
+        )
     metrics: dict[str, Any] = {
         "strategy": strategy.name,
         "params_config": strategy.params.model_dump(),
@@ -139,19 +152,24 @@ def run_search(
         "target_macs": target,
         "dense": {
             "top1": dense_test["top1"],
+            "val_top1": dense_val["top1"],
             "macs": dense.macs,
             "params": dense.params,
             "images_per_s": speed["dense"],
         },
         "pruned": {
             "top1": pruned_test["top1"],
+            "val_top1": pruned_val["top1"],
             "macs": cost.macs,
             "params": cost.params,
             "images_per_s": speed["pruned"],
         },
         "macs_ratio": cost.macs / dense.macs,
-        "speedup": speed["pruned"] / speed["dense"],
+        "speedup": None
+        if speed["pruned"] is None or speed["dense"] is None
+        else speed["pruned"] / speed["dense"],
         "measure_batch": measure_batch,
+        "search_seconds": search_seconds,
         "strategy_metrics": result.metrics,
         "structure": subnet.describe(),
     }

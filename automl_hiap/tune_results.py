@@ -1,0 +1,287 @@
+"""The results of a tune: the trials table, the Pareto front, the best trial and its files.
+
+What a tune writes to ``OUT``: ``trials.csv`` and ``tune.json`` (every trial: params, top-1,
+MACs, params count, state, failure reason), ``pareto.png``, and the best trial's exported model
+(the same files as ``search``). The best trial is the most accurate feasible one (val top-1);
+when none is feasible, the one closest to the target (and ``tune.json`` says so). In Pareto mode
+it is the most accurate front member within the budget's tolerance (without a budget the most
+accurate member; when none is within it, the cheapest).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from automl_hiap.budget import format_macs
+
+EXPORT_FILES = ("subnet.json", "metrics.json", "structure.png")
+
+
+@dataclass
+class TuneReport:
+    """What a study holds: every trial as a row, the front and the trial handed back."""
+
+    out: Path
+    study: str
+    storage: str  # for display: passwords masked
+    pareto: bool
+    target_macs: float | None
+    tolerance: float
+    params: list[str]
+    rows: list[dict[str, Any]]  # one per trial, by number
+    front: list[int]  # trial numbers of the non-dominated set
+    best: dict[str, Any] | None
+    dense: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def distance(self) -> float | None:
+        """The best trial's MACs relative to the target, minus one (+0.02: 2 % over)."""
+        return None if self.best is None else self.best.get("target_error")
+
+
+def trial_rows(trials: Sequence[FrozenTrial], params: Sequence[str]) -> list[dict[str, Any]]:
+    retried_as = {t.user_attrs["retry_of"]: t.number for t in trials if "retry_of" in t.user_attrs}
+    rows = []
+    for trial in sorted(trials, key=lambda t: t.number):
+        result = dict(trial.user_attrs.get("result") or {})
+        if trial.state == TrialState.PRUNED and trial.values:
+            result["val_top1"] = trial.values[0]  # the last intermediate value
+        seconds = None
+        if trial.datetime_start and trial.datetime_complete:
+            seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        rows.append(
+            {
+                "trial": trial.number,
+                "state": trial.state.name,
+                "params": {k: trial.params.get(k) for k in params},
+                "val_top1": result.get("val_top1"),
+                "test_top1": result.get("test_top1"),
+                "macs": result.get("macs"),
+                "macs_ratio": result.get("macs_ratio"),
+                "target_error": result.get("target_error"),
+                "feasible": result.get("feasible"),
+                "params_count": result.get("params"),
+                "speedup": result.get("speedup"),
+                "seconds": seconds,
+                "reason": trial.user_attrs.get("fail_reason"),
+                "retry_of": trial.user_attrs.get("retry_of"),
+                "retried_as": retried_as.get(trial.number),
+                "out": trial.user_attrs.get("out"),
+                "_dense": {
+                    "macs": result.get("dense_macs"),
+                    "val_top1": result.get("dense_val_top1"),
+                    "test_top1": result.get("dense_test_top1"),
+                    "params": result.get("dense_params"),
+                },
+            }
+        )
+    return rows
+
+
+def pareto_front(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Completed rows that no other completed row beats on val top-1 and MACs together."""
+    done = [r for r in rows if r["state"] == "COMPLETE" and r["val_top1"] is not None]
+
+    def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        no_worse = a["val_top1"] >= b["val_top1"] and a["macs"] <= b["macs"]
+        return no_worse and (a["val_top1"] > b["val_top1"] or a["macs"] < b["macs"])
+
+    front = [r for r in done if not any(dominates(o, r) for o in done)]
+    return sorted(front, key=lambda r: r["macs"])
+
+
+def choose_best(
+    rows: Sequence[dict[str, Any]], pareto: bool, target: float | None, tolerance: float
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The trial whose model the tune hands back, and notes on how it was chosen."""
+    done = [r for r in rows if r["state"] == "COMPLETE" and r["val_top1"] is not None]
+    if not done:
+        return None, ["no trial completed"]
+    if pareto:
+        front = pareto_front(done)
+        if target is None:
+            return max(front, key=lambda r: r["val_top1"]), []
+        within = [r for r in front if r["macs"] <= target * (1 + tolerance)]
+        if within:
+            return max(within, key=lambda r: r["val_top1"]), []
+        closest = min(front, key=lambda r: r["macs"])
+        return closest, ["no front member is within the budget; the cheapest one is returned"]
+    feasible = [r for r in done if r["feasible"]]
+    if feasible:
+        return max(feasible, key=lambda r: (r["val_top1"], -abs(r["target_error"]))), []
+    closest = min(done, key=lambda r: abs(r["target_error"]))
+    return closest, [
+        f"no trial is within ±{tolerance:.1%} of the target; the closest one is returned"
+    ]
+
+
+def pareto_plot(report: TuneReport, path: Path) -> Path:
+    """Val top-1 against MACs: every completed trial, the front, the best, the dense model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in report.rows if r["state"] == "COMPLETE" and r["val_top1"] is not None]
+    front = [r for r in done if r["trial"] in report.front]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    feasible = [r for r in done if r["feasible"] is not False]
+    infeasible = [r for r in done if r["feasible"] is False]
+    ax.scatter(
+        [r["macs"] / 1e6 for r in feasible],
+        [100 * r["val_top1"] for r in feasible],
+        c="tab:blue",
+        alpha=0.6,
+        label="trials",
+    )
+    if infeasible:
+        ax.scatter(
+            [r["macs"] / 1e6 for r in infeasible],
+            [100 * r["val_top1"] for r in infeasible],
+            facecolors="none",
+            edgecolors="tab:gray",
+            label=f"outside ±{report.tolerance:.0%} of target",
+        )
+    if front:
+        ax.step(
+            [r["macs"] / 1e6 for r in front],
+            [100 * r["val_top1"] for r in front],
+            where="post",
+            c="tab:red",
+            marker="o",
+            label="Pareto front",
+        )
+    if report.best is not None:
+        ax.scatter(
+            [report.best["macs"] / 1e6],
+            [100 * report.best["val_top1"]],
+            marker="*",
+            s=220,
+            c="gold",
+            edgecolors="black",
+            zorder=5,
+            label=f"best (trial {report.best['trial']})",
+        )
+    dense = report.dense
+    if dense.get("macs") is not None and dense.get("val_top1") is not None:
+        ax.scatter(
+            [dense["macs"] / 1e6],
+            [100 * dense["val_top1"]],
+            marker="X",
+            s=90,
+            c="black",
+            label="dense",
+        )
+    if report.target_macs is not None:
+        ax.axvline(report.target_macs / 1e6, ls="--", c="tab:green", lw=1, label="target")
+    ax.set_xlabel("MACs (M)")
+    ax.set_ylabel("val top-1 (%)")
+    ax.set_title(f"{report.study}: {len(done)} completed trials")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def copy_best(best: dict[str, Any], out: Path) -> str | None:
+    """Copy the best trial's export into ``out``; a note when it lives on another machine."""
+    host, _, folder = str(best.get("out") or "").partition(":")
+    source = Path(folder)
+    if host != socket.gethostname() or not (source / "model").is_dir():
+        return f"the best trial's model is in {best.get('out')} (not on this machine)"
+    for name in EXPORT_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, out / name)
+    shutil.copytree(source / "model", out / "model", dirs_exist_ok=True)
+    return None
+
+
+def write_results(report: TuneReport) -> None:
+    out = report.out
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in report.rows]
+    with open(out / "trials.csv", "w", newline="") as handle:
+        columns = ["trial", "state", *report.params, "val_top1", "test_top1", "macs"]
+        columns += ["macs_ratio", "target_error", "feasible", "params_count", "speedup"]
+        columns += ["seconds", "reason", "retry_of", "retried_as", "out"]
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            flat = {k: v for k, v in row.items() if k != "params"}
+            writer.writerow({**flat, **row["params"]})
+    summary = {
+        "study": report.study,
+        "storage": report.storage,
+        "mode": "pareto" if report.pareto else "budget",
+        "target_macs": report.target_macs,
+        "tolerance": report.tolerance,
+        "dense": report.dense,
+        "best_trial": None if report.best is None else report.best["trial"],
+        "distance_to_target": report.distance,
+        "first_feasible_trial": next(
+            (r["trial"] for r in rows if r["state"] == "COMPLETE" and r["feasible"]), None
+        ),
+        "front": report.front,
+        "notes": report.notes,
+        "trials": rows,
+    }
+    (out / "tune.json").write_text(json.dumps(summary, indent=1))
+    pareto_plot(report, out / "pareto.png")
+
+
+def summary(report: TuneReport) -> str:
+    """The lines the CLI prints after a tune."""
+    names = report.params
+    header = f"{'trial':>5s} {'state':8s} " + " ".join(f"{n[:12]:>12s}" for n in names)
+    header += f" {'val top-1':>9s} {'test top-1':>10s} {'MACs':>9s} {'vs target':>9s}"
+    header += f" {'params':>9s}"
+    lines = [
+        f"study {report.study} ({report.storage}), "
+        + ("Pareto: val top-1 up, MACs down" if report.pareto else "budget mode"),
+        header,
+    ]
+    for row in report.rows:
+        cells = " ".join(f"{format_value(row['params'][n]):>12s}" for n in names)
+        val = "" if row["val_top1"] is None else f"{row['val_top1']:.2%}"
+        test = "" if row["test_top1"] is None else f"{row['test_top1']:.2%}"
+        macs = "" if row["macs"] is None else format_macs(row["macs"])
+        error = "" if row["target_error"] is None else f"{row['target_error']:+.1%}"
+        count = "" if row["params_count"] is None else f"{row['params_count'] / 1e6:.3f}M"
+        mark = "*" if report.best is not None and row["trial"] == report.best["trial"] else " "
+        line = f"{row['trial']:>4d}{mark} {row['state']:8s} {cells} {val:>9s} {test:>10s}"
+        line += f" {macs:>9s} {error:>9s} {count:>9s}"
+        if row["reason"]:
+            line += f"  {row['reason'][:80]}"
+        if row["retried_as"] is not None:
+            line += f" (retried as trial {row['retried_as']})"
+        lines.append(line)
+    if report.pareto:
+        lines.append(f"Pareto front: trials {', '.join(map(str, report.front)) or '(none)'}")
+    best = report.best
+    if best is not None:
+        where = f"target {format_macs(report.target_macs)}, " if report.target_macs else ""
+        distance = "" if report.distance is None else f" ({report.distance:+.2%} from the target)"
+        lines.append(
+            f"best: trial {best['trial']}, val top-1 {best['val_top1']:.2%}, test top-1 "
+            f"{best['test_top1']:.2%}, MACs {format_macs(best['macs'])}{distance}; "
+            f"{where}model in {report.out / 'model'}"
+        )
+    lines.extend(f"note: {note}" for note in report.notes)
+    return "\n".join(lines)
+
+
+def format_value(value: Any) -> str:
+    """A sampled value in one short cell."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

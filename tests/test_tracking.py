@@ -1,0 +1,376 @@
+"""MLflow tracking and registry: runs, nested study/trial runs, registered versions with tags and
+aliases, pulling by alias in a fresh process, a real `mlflow server`, and a server that is down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from optuna.exceptions import TrialPruned
+
+import automl_hiap as ah
+from automl_hiap import search
+from automl_hiap.cli import main
+from automl_hiap.config import load_config
+from automl_hiap.cost import subnet_cost
+from automl_hiap.search import SearchReport
+from automl_hiap.space import SearchSpace
+from automl_hiap.subnet import Subnet, random_subnet
+from automl_hiap.tracking import Tracker, budget_alias, use_store
+from automl_hiap.trainer import EpochEnd
+
+
+def _search(out: Path | str, *args: str) -> list[str]:
+    return [
+        "search", "--space", "test_vit.yaml", "--out", str(out), "--no-progress",
+        "--set", "strategy.params.finetune_epochs=1", *args,
+    ]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# A fresh interpreter that refuses to unpickle anything pulls the model by alias, runs it eagerly
+# and through mlflow.pyfunc, and reports which automl_hiap modules it needed.
+PULL_SCRIPT = textwrap.dedent(
+    """
+    import pickle, sys
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something tried to unpickle")
+
+    class RefusingUnpickler(pickle.Unpickler):
+        load = refuse
+
+    pickle.load = pickle.loads = refuse
+    pickle.Unpickler = RefusingUnpickler
+
+    import mlflow, numpy as np, torch
+    import automl_hiap
+
+    uri, out, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    torch.set_num_threads(threads)
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        np.save(out + "/logits.npy", automl_hiap.load(uri)(images).numpy())
+    np.save(out + "/served.npy", mlflow.pyfunc.load_model(uri).predict(images.numpy()))
+    print(" ".join(sorted(m for m in sys.modules if m.startswith("automl_hiap"))))
+    """
+)
+
+
+def _pull_in_fresh_process(uri: str, tracking_uri: str, scratch: Path, export: Path) -> None:
+    """The pulled model's logits (eager and pyfunc) equal the search's own export's."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    threads = str(torch.get_num_threads())
+    done = subprocess.run(
+        [sys.executable, "-c", PULL_SCRIPT, uri, str(scratch), threads],
+        cwd=scratch,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    modules = done.stdout.split()
+    assert "automl_hiap.export" in modules
+    assert not {"automl_hiap.search", "automl_hiap.trainer", "automl_hiap.data"} & set(modules)
+
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ah.load(export)(images).numpy()
+    assert np.array_equal(np.load(scratch / "logits.npy"), expected)
+    assert np.array_equal(np.load(scratch / "served.npy"), expected)
+
+
+# ------------------------------------------------------------------ MLflow's default store
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One search registered as `tiny` in MLflow's default store (./mlflow.db) of a fresh
+    folder."""
+    root = tmp_path_factory.mktemp("default_store")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.delenv("MLFLOW_TRACKING_URI")
+        assert main(_search("run", "--register", "tiny")) == 0
+    return root, f"sqlite:///{root / 'mlflow.db'}"
+
+
+def test_a_search_run_holds_config_epochs_results_and_artifacts(local_store) -> None:
+    root, uri = local_store
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("automl_hiap")
+    assert experiment is not None and experiment.artifact_location.startswith(root.as_uri())
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    saved = json.loads((root / "run" / "mlflow_run.json").read_text())
+    assert saved["run_id"] == run.info.run_id
+
+    params = run.data.params
+    assert params["strategy.name"] == "magnitude"
+    assert params["strategy.params.finetune_epochs"] == "1"
+    assert params["budget"] == "0.5" and params["model.name"] == "vit_tiny_patch16_224"
+    assert not any(key.startswith("tracking") for key in params)
+
+    history = client.get_metric_history(run.info.run_id, "dense/train_loss")
+    assert sorted(m.step for m in history) == [1, 2]  # test_vit.yaml: train.dense_epochs=2
+    metrics = json.loads((root / "run" / "metrics.json").read_text())
+    assert run.data.metrics["top1"] == pytest.approx(metrics["pruned"]["top1"])
+    assert run.data.metrics["macs"] == metrics["pruned"]["macs"]
+    assert run.data.metrics["params"] == metrics["pruned"]["params"]
+    assert run.data.metrics["speedup"] == pytest.approx(metrics["speedup"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "metrics.json", "structure.png", "subnet.json"} <= artifacts
+
+
+def test_the_registered_version_carries_tags_and_aliases(local_store) -> None:
+    root, uri = local_store
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias("tiny", "champion")
+    assert set(version.aliases) == {"champion", "macs-50"}
+    metrics = json.loads((root / "run" / "metrics.json").read_text())
+    tags = version.tags
+    assert tags["base_model"] == "vit_tiny_patch16_224" and tags["dataset"] == "synthetic"
+    assert tags["strategy"] == "magnitude" and tags["budget"] == "0.5"
+    assert float(tags["top1"]) == metrics["pruned"]["top1"]
+    assert int(tags["macs"]) == metrics["pruned"]["macs"]
+    assert int(tags["params"]) == metrics["pruned"]["params"]
+
+
+def test_a_fresh_process_pulls_the_champion_with_identical_logits(
+    local_store, tmp_path: Path
+) -> None:
+    root, uri = local_store
+    export = root / "run" / "model"
+    _pull_in_fresh_process("models:/tiny@champion", uri, tmp_path / "fresh", export)
+
+    deploy = tmp_path / "deploy"
+    assert main(["pull", "models:/tiny@champion", "--out", str(deploy), "--tracking-uri", uri]) == 0
+    for name in ("arch.json", "model.safetensors"):
+        assert (deploy / name).read_bytes() == (export / name).read_bytes()
+    run_id = json.loads((root / "run" / "mlflow_run.json").read_text())["run_id"]
+    from_run = ah.load(f"runs:/{run_id}/model", tracking_uri=uri)
+    assert from_run.subnet == ah.Subnet.load(root / "run" / "subnet.json")
+
+
+def test_aliases_follow_the_latest_best_version(local_store) -> None:
+    root, uri = local_store
+    client = MlflowClient(uri)
+    source = client.get_model_version_by_alias("tiny", "champion").source
+    config = load_config("test_vit.yaml")
+    metrics = json.loads((root / "run" / "metrics.json").read_text())
+    subnet = Subnet.load(root / "run" / "subnet.json")
+    tracker = Tracker(uri)
+
+    def register(top1: float, budget: str) -> str:
+        changed = {**metrics, "budget": budget, "pruned": {**metrics["pruned"], "top1": top1}}
+        report = SearchReport(root / "run", subnet, changed)
+        return tracker.register(source, report, config, "aliases").version
+
+    first = register(0.5, "0.5")
+    register(0.4, "0.5")  # worse: takes nothing
+    best = register(0.6, "0.25")  # better, another budget
+    tied = register(0.6, "0.25")  # as good and newer: the latest best
+    aliases = ("champion", "macs-50", "macs-25")
+    holder = {a: client.get_model_version_by_alias("aliases", a).version for a in aliases}
+    assert holder == {"champion": tied, "macs-50": first, "macs-25": tied} and best != tied
+
+
+def test_budget_aliases_are_valid_alias_names() -> None:
+    assert budget_alias(ah.parse_budget(0.5)) == "macs-50"
+    assert budget_alias(ah.parse_budget(0.333)) == "macs-33p3"
+    assert budget_alias(ah.parse_budget("2.3G")) == "macs-2p3G"
+
+
+# ------------------------------------------------------------------ runs without a search
+def test_study_and_trial_runs_nest_and_are_queryable(tmp_path: Path, tiny) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "study")
+    config = load_config("test_vit.yaml")
+    spec = ah.ModelSpec(config.model.name, dict(config.model.kwargs))
+    with torch.device("meta"):
+        model = spec.create()
+    space = SearchSpace.from_model(model, config.space.units, config.space.constraints)
+    candidates = [random_subnet(space, torch.Generator().manual_seed(s)) for s in range(4)]
+
+    with tracker.study_run("study-1", {"trials": 3}) as study:
+        for number in range(2):
+            with tracker.trial_run(number, {"lambda_macro": 0.5 * (number + 1)}, config) as trial:
+                for epoch in (1, 2):
+                    metrics = {"train_loss": 1.0 / epoch + number, "val_top1": 0.5}
+                    trial(EpochEnd("search", epoch, 2, metrics, candidates[2 * number + epoch - 1]))
+                trial.log_metrics({"top1": 0.7 + number / 10})
+    with (
+        tracker.study_run("study-1", {"trials": 5}) as resumed,  # the same study, resumed
+        pytest.raises(TrialPruned),
+        tracker.trial_run(2, {"lambda_macro": 9.0}) as pruned,
+    ):
+        pruned(EpochEnd("search", 1, 2, {"train_loss": 3.0}, None))
+        raise TrialPruned()
+    assert resumed.id == study.id
+    assert MlflowClient(uri).get_run(study.id).data.params["trials"] == "3"
+
+    with use_store(uri):
+        children = mlflow.search_runs(
+            experiment_names=["study"],
+            filter_string=f"tags.mlflow.parentRunId = '{study.id}'",
+            order_by=["params.lambda_macro ASC"],
+        )
+        kind = "tags.`automl_hiap.kind` = 'study'"
+        parents = mlflow.search_runs(experiment_names=["study"], filter_string=kind)
+    assert list(parents["run_id"]) == [study.id]
+    assert list(children["params.lambda_macro"]) == ["0.5", "1.0", "9.0"]
+    assert list(children["status"]) == ["FINISHED", "FINISHED", "KILLED"]
+    assert list(children["tags.automl_hiap.pruned"].fillna("")) == ["", "", "true"]
+    assert list(children["metrics.top1"][:2]) == pytest.approx([0.7, 0.8])
+    assert children["params.strategy.name"][0] == "magnitude"  # the trial's resolved config
+
+    client = MlflowClient(uri)
+    second = children["run_id"][1]
+    losses = sorted(
+        (m.step, m.value) for m in client.get_metric_history(second, "search/train_loss")
+    )
+    assert losses == [(1, 2.0), (2, 1.5)]
+    macs = client.get_metric_history(second, "search/hardened_macs")
+    assert sorted((m.step, m.value) for m in macs) == [
+        (e, subnet_cost(space, candidates[2 + e - 1]).macs) for e in (1, 2)
+    ]
+    heads = client.get_metric_history(second, "search/kept_heads")
+    assert {m.value for m in heads} == {
+        sum(len(la.heads) for la in c.layers) for c in candidates[2:]
+    }
+    for epoch in (1, 2):
+        name = f"candidates/search/epoch-{epoch:03d}.json"
+        path = client.download_artifacts(second, name, str(tmp_path / "dl"))
+        assert Subnet.load(path) == candidates[2 + epoch - 1]
+
+
+def test_a_search_run_again_in_its_folder_continues_its_run(tmp_path: Path) -> None:
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    config = load_config("test_vit.yaml")
+    with pytest.raises(RuntimeError), tracker.search_run(config, tmp_path / "out") as first:
+        first.log_metrics({"dense/train_loss": 2.0}, step=1)
+        raise RuntimeError("killed")
+    assert tracker.client.get_run(first.id).info.status == "FAILED"
+    with tracker.search_run(config, tmp_path / "out") as again:
+        again.log_metrics({"dense/train_loss": 1.0}, step=2)
+    assert again.id == first.id
+    history = tracker.client.get_metric_history(first.id, "dense/train_loss")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert tracker.client.get_run(first.id).info.status == "FINISHED"
+    with tracker.search_run(config, tmp_path / "out") as third:
+        pass
+    assert third.id != first.id  # a finished search is not reopened
+
+
+# ------------------------------------------------------------------ servers
+def test_a_down_server_stops_the_search_before_any_compute(tmp_path, monkeypatch, capsys) -> None:
+    def no_compute(*args, **kwargs):
+        raise AssertionError("the search started")
+
+    monkeypatch.setattr(search, "run_search", no_compute)
+    started = time.monotonic()
+    dead = f"http://127.0.0.1:{_free_port()}"
+    assert main(_search(tmp_path / "run", "--tracking-uri", dead)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"tracking server {dead} is unreachable" in err, err
+    assert "offline_fallback" in err and not (tmp_path / "run").exists()
+    assert time.monotonic() - started < 60
+
+
+def test_with_the_fallback_allowed_a_down_server_logs_locally(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    dead = f"http://127.0.0.1:{_free_port()}"
+    allowed = ["--set", "tracking.offline_fallback=true", "--set", "train.dense_epochs=1"]
+    assert main(_search(out, "--tracking-uri", dead, *allowed)) == 0
+    local = f"sqlite:///{out.resolve() / 'mlflow.db'}"
+    assert f"logging to the local store {local} instead" in capsys.readouterr().err
+    client = MlflowClient(local)
+    [run] = client.search_runs([client.get_experiment_by_name("automl_hiap").experiment_id])
+    assert run.info.status == "FINISHED" and "top1" in run.data.metrics
+    assert run.data.tags["automl_hiap.intended_tracking_uri"] == dead
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifacts in tmp)."""
+    root = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+        "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    log = root / "server.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen(
+            command, cwd=root, env=env, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its workers share the group, stopped together
+        )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if server.poll() is not None:
+                tail = log.read_text()[-500:]
+                pytest.skip(f"mlflow server exited with {server.returncode}: {tail}")
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.skip("mlflow server did not answer /health within 180 s")
+                time.sleep(0.5)
+        yield uri, root
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+def test_against_a_real_server_a_search_registers_and_a_fresh_process_pulls_it(
+    mlflow_server, tmp_path: Path
+) -> None:
+    uri, root = mlflow_server
+    out = tmp_path / "run"
+    args = ["--tracking-uri", uri, "--register", "served", "--set", "train.dense_epochs=1"]
+    assert main(_search(out, *args)) == 0
+    with use_store(uri):
+        runs = mlflow.search_runs(experiment_names=["automl_hiap"])
+    assert list(runs["status"]) == ["FINISHED"] and runs["metrics.top1"][0] > 0
+    version = MlflowClient(uri).get_model_version_by_alias("served", "champion")
+    assert version.tags["base_model"] == "vit_tiny_patch16_224"
+    assert any((root / "artifacts").rglob("model.safetensors"))  # stored by the server
+    _pull_in_fresh_process("models:/served@champion", uri, tmp_path / "fresh", out / "model")
+
+
+def test_use_store_restores_the_uri_and_its_environment_variable(monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///outer.db")
+    with use_store("sqlite:///inner.db"):
+        assert mlflow.get_tracking_uri() == "sqlite:///inner.db"
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///outer.db"
+    assert mlflow.get_tracking_uri() == "sqlite:///outer.db"
