@@ -151,6 +151,10 @@ def row(strategy: str, budget: float, m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| strategy | budget | top-1 | drop | MACs | of dense | params | speed-up | search s "
@@ -161,7 +165,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['strategy']} | {r['budget']:g} | {r['top1']:.2%} | {r['drop']:+.2%} | "
             f"{r['macs'] / 1e6:.1f} M | {r['macs_ratio']:.1%} | {r['params'] / 1e6:.3f} M | "
-            f"{r['speedup']:.2f}× | {r['search_seconds'] or 0:.0f} | {r['wall_seconds'] or 0:.0f} |"
+            f"{r['speedup']:.2f}× | {_seconds(r['search_seconds'])} | "
+            f"{_seconds(r['wall_seconds'])} |"
         )
     return "\n".join(lines)
 
@@ -184,6 +189,28 @@ def plot(rows: list[dict[str, Any]], dense: tuple[float, float], path: Path) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def remeasure(space: str, overrides: list[str], rows: list[dict[str, Any]], out: Path) -> None:
+    """Speed-ups of all exported models against the dense one, measured side by side in one
+    interleaved run at the end (each search's own figure was taken while it ran, under
+    whatever else the machine was doing)."""
+    from automl_hiap.export import load
+    from automl_hiap.measure import throughput
+    from automl_hiap.models import create_model
+
+    config = load_config(space, overrides)
+    m = config.model
+    models = {"dense": create_model(m.name, dict(m.kwargs), m.checkpoint, m.pretrained).eval()}
+    for r in rows:
+        folder = out / "runs" / f"{r['strategy']}_{r['budget']:g}" / "model"
+        if folder.is_dir():
+            models[folder.parent.name] = load(folder).eval()
+    speed = throughput(models, config.data.image_size, 64, repeats=7)
+    for r in rows:
+        name = f"{r['strategy']}_{r['budget']:g}"
+        if name in speed:
+            r["speedup"] = speed[name] / speed["dense"]
 
 
 def main() -> None:
@@ -212,12 +239,14 @@ def main() -> None:
             rows.append(row(strategy, budget, m))
             dense = (m["dense"]["macs"], m["dense"]["top1"])
             print(table(rows[-1:]).splitlines()[-1], flush=True)
+    remeasure(args.space, overrides, rows, args.out)
     header = (
         f"{args.space}, {args.epochs} training epochs per method, train subset "
         f"{args.train_subset or 'all'}, overrides {overrides or 'none'}, params {params}; "
         f"dense top-1 {dense[1]:.2%}, {dense[0] / 1e6:.1f} M MACs; "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads; speed-ups: batch 64, every exported model against "
+        "the dense one in one interleaved run after all searches"
     )
     text = f"{header}\n\n{table(rows)}\n"
     (args.out / "compare.md").write_text(text)
