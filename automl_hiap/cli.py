@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from automl_hiap.errors import UserError
+
+if TYPE_CHECKING:
+    from automl_hiap.budget import Budget
 
 
 def _add_space_args(parser: argparse.ArgumentParser) -> None:
@@ -149,19 +152,25 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(describe_space(config))
 
 
-def cmd_search(args: argparse.Namespace) -> None:
+def _budget(args: argparse.Namespace) -> Budget | None:
+    """The --budget flag, parsed (one-line error naming the flag)."""
     from automl_hiap.budget import parse_budget
+
+    if args.budget is None:
+        return None
+    try:
+        return parse_budget(args.budget)
+    except ValueError as exc:
+        raise UserError(f"--budget: {exc}") from None
+
+
+def cmd_search(args: argparse.Namespace) -> None:
     from automl_hiap.config import load_config
     from automl_hiap.search import run_search, summary
     from automl_hiap.trainer import is_main_process
 
     config = load_config(args.space, args.overrides)
-    budget = None
-    if args.budget is not None:
-        try:
-            budget = parse_budget(args.budget)
-        except ValueError as exc:
-            raise UserError(f"--budget: {exc}") from None
+    budget = _budget(args)
     if config.tune is not None:  # a tune: section makes search the outer loop
         _run_tune(args, config, budget, {})
         return
@@ -236,16 +245,10 @@ def _run_tune(args: argparse.Namespace, config: Any, budget: Any, flags: dict[st
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from automl_hiap.budget import parse_budget
     from automl_hiap.config import load_config
 
     config = load_config(args.space, args.overrides)
-    budget = None
-    if args.budget is not None:
-        try:
-            budget = parse_budget(args.budget)
-        except ValueError as exc:
-            raise UserError(f"--budget: {exc}") from None
+    budget = _budget(args)
     flags = {
         "trials": args.trials,
         "storage": args.storage,

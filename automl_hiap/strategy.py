@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from automl_hiap.errors import UserError
 from automl_hiap.models import ModelSpec
 from automl_hiap.space import SearchSpace
 from automl_hiap.subnet import Subnet
@@ -114,6 +115,12 @@ class Strategy(ABC):
     def from_dict(cls, values: dict[str, Any]) -> Strategy:
         """Build from the YAML's ``strategy.params`` (raises pydantic's ValidationError)."""
         return cls(cls.Params.model_validate(values))
+
+    def target_macs(self, context: SearchContext) -> float:
+        """The MACs budget, or a clear error for a strategy that cannot run without one."""
+        if context.target_macs is None:
+            raise UserError(f"budget: strategy {self.name!r} needs a budget (e.g. --budget 0.5)")
+        return context.target_macs
 
     @abstractmethod
     def search(self, context: SearchContext) -> SearchResult:

@@ -341,8 +341,7 @@ class GOHSPStrategy(Strategy):
     def search(self, context: SearchContext) -> SearchResult:
         params: GOHSPParams = self.params  # type: ignore[assignment]
         space = context.space
-        if context.target_macs is None:
-            raise UserError("budget: GOHSP needs a budget (e.g. --budget 0.5)")
+        target = self.target_macs(context)
         if not any(space.searches(u) for u in (Unit.HEAD, Unit.QK_DIM, Unit.V_DIM, Unit.NEURON)):
             raise UserError(
                 "space.units: GOHSP prunes head, qk_dim, v_dim and neuron; "
@@ -356,13 +355,11 @@ class GOHSPStrategy(Strategy):
         grams = head_contribution_gram(model, batches, trainer.device)
         heads = [head_importance(g, params.edges, params.damping) for g in grams]
         if params.admm_epochs > 0:
-            hooks = _ADMM(
-                model, space, heads, context.target_macs, params, trainer.steps_per_epoch()
-            )
+            hooks = _ADMM(model, space, heads, target, params, trainer.steps_per_epoch())
             trainer.fit(
                 model, params.admm_epochs, phase="gohsp_admm", hooks=hooks, lr=params.admm_lr
             )
-        _, subnet = project(space, block_weights(model), heads, context.target_macs)
+        _, subnet = project(space, block_weights(model), heads, target)
         metrics = {"macs_ratio": subnet_cost(space, subnet).macs / dense_cost(space).macs}
         if params.finetune_epochs == 0:
             return SearchResult(subnet=subnet, model=model, metrics=metrics)

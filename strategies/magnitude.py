@@ -106,11 +106,10 @@ class MagnitudeStrategy(Strategy):
     Params = MagnitudeParams
 
     def search(self, context: SearchContext) -> SearchResult:
-        if context.target_macs is None:
-            raise UserError("budget: magnitude pruning needs a budget (e.g. --budget 0.5)")
+        target = self.target_macs(context)
         scores = importance_scores(context.model)
         try:
-            subnet = select_to_budget(context.space, scores, context.target_macs)
+            subnet = select_to_budget(context.space, scores, target)
         except ValueError as exc:
             raise UserError(f"budget: {exc}") from None
         epochs = self.params.finetune_epochs  # type: ignore[attr-defined]

@@ -221,9 +221,7 @@ class NNIStrategy(Strategy):
     def search(self, context: SearchContext) -> SearchResult:
         params: NNIParams = self.params  # type: ignore[assignment]
         space = context.space
-        target = context.target_macs
-        if target is None:
-            raise UserError("budget: the NNI pruners need a budget (e.g. --budget 0.5)")
+        target = self.target_macs(context)
         if not any(space.searches(u) for u in (Unit.QK_DIM, Unit.V_DIM, Unit.NEURON)):
             raise UserError(
                 "space.units: the NNI pruners mask qk_dim, v_dim and neuron rows; "

@@ -270,8 +270,7 @@ class SERoStrategy(Strategy):
     def search(self, context: SearchContext) -> SearchResult:
         params: SERoParams = self.params  # type: ignore[assignment]
         space = context.space
-        if context.target_macs is None:
-            raise UserError("budget: SERo needs a budget (e.g. --budget 0.5)")
+        target = self.target_macs(context)
         if not any(space.searches(unit) for unit in FAMILIES.values()):
             raise UserError(
                 "space.units: SERo prunes qk_dim, v_dim and neuron; the space searches none of them"
@@ -279,9 +278,7 @@ class SERoStrategy(Strategy):
         if context.trainer is None:
             raise UserError("strategy: SERo trains; it needs training data (a trainer)")
         trainer = context.trainer
-        hooks = _Exploration(
-            context.model, space, context.target_macs, params, trainer.steps_per_epoch()
-        )
+        hooks = _Exploration(context.model, space, target, params, trainer.steps_per_epoch())
         try:
             trainer.fit(
                 context.model,

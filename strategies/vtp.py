@@ -221,8 +221,7 @@ class VTPStrategy(Strategy):
     def search(self, context: SearchContext) -> SearchResult:
         params: VTPParams = self.params  # type: ignore[assignment]
         space = context.space
-        if context.target_macs is None:
-            raise UserError("budget: VTP needs a budget (e.g. --budget 0.5)")
+        target = self.target_macs(context)
         if not _families(space):
             raise UserError(
                 "space.units: VTP scores attn_in, v_dim, mlp_in and neuron; "
@@ -244,7 +243,7 @@ class VTPStrategy(Strategy):
         finally:
             hooks.masks.remove()
         scores = [{f: p.detach() for f, p in s.items()} for s in hooks.scores]
-        subnet = threshold_to_budget(space, scores, context.target_macs)
+        subnet = threshold_to_budget(space, scores, target)
         fold_scores(context.model, scores)
         metrics = hooks.metrics()
         if params.finetune_epochs == 0:
