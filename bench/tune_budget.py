@@ -64,6 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=20, help="trials per budget")
     p.add_argument("--workers", type=int, default=1, help="tune worker processes")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    p.add_argument(
+        "--single-set",
+        dest="single_overrides",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="overrides for the single run only (e.g. strategy.params.adapt_lambda=true)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/bench_tune"), help="run folders")
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="where results go")
     p.add_argument("--no-single", action="store_true", help="skip the single-run baseline")
@@ -125,8 +133,14 @@ def bench_budget(args: argparse.Namespace, fraction: float) -> dict[str, Any]:
     }
     if not args.no_single:
         start = time.perf_counter()
+        single_config = load_config(args.space, [*args.overrides, *args.single_overrides])
         single = run_search(
-            config, folder / "single", args.strategy, budget, progress=False, measure_batch=None
+            single_config,
+            folder / "single",
+            args.strategy,
+            budget,
+            progress=False,
+            measure_batch=None,
         )
         pruned = single.metrics["pruned"]
         target = single.metrics["target_macs"]
@@ -202,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "trials": args.trials,
         "workers": args.workers,
         "overrides": args.overrides,
+        "single_overrides": args.single_overrides,
         "command": command,
     }
     environment = {
