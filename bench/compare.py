@@ -32,7 +32,11 @@ from automl_hiap.trainer import EpochEnd
 EPOCHS: dict[str, Callable[[int], dict[str, Any]]] = {
     "hiap": lambda e: {"epochs": e},
     "magnitude": lambda e: {"finetune_epochs": e},
-    "sero": lambda e: {"explore_epochs": e // 2, "reopt_epochs": e - e // 2},
+    "sero": lambda e: {  # the paper's 1 warm-up epoch, unless exploration has only 1
+        "explore_epochs": e // 2,
+        "warmup_epochs": min(1, e // 2 - 1),
+        "reopt_epochs": e - e // 2,
+    },
     "gohsp": lambda e: {"admm_epochs": e // 2, "finetune_epochs": e - e // 2},
     "vtp": lambda e: {"sparse_epochs": e // 2, "finetune_epochs": e - e // 2},
     "nni": lambda e: {"finetune_epochs": e},
