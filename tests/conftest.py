@@ -12,6 +12,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+from safetensors.torch import save_file  # noqa: E402
+
 import automl_hiap as ah  # noqa: E402
 from automl_hiap.models import ModelSpec  # noqa: E402
 
@@ -64,3 +66,24 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (set AUTOML_HIAP_DATA)")
     return SHARED_DATA
+
+
+LR_RANGE = "tune.params.finetune_lr={low: 1.0e-4, high: 1.0e-2, log: true}"
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Overrides for quick trials: given dense weights (no dense phase), 64 images, one
+    fine-tuning epoch, no speed measurement."""
+    path = tmp_path_factory.mktemp("dense") / "tiny.safetensors"
+    model = tiny_spec().create()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return [
+        f"model.checkpoint={path}",
+        "train.dense_epochs=0",
+        "data.train_subset=64",
+        "data.augment=false",
+        "strategy.params.finetune_epochs=1",
+        "tune.measure=false",
+        LR_RANGE,
+    ]

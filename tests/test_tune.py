@@ -19,7 +19,6 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import automl_hiap as ah
 from automl_hiap.cli import main
@@ -30,27 +29,7 @@ from automl_hiap.trainer import EpochEnd
 from automl_hiap.tune import _Reporter, run_tune
 from automl_hiap.tune_results import pareto_front
 
-from .conftest import tiny_spec
-
-LR_RANGE = "tune.params.finetune_lr={low: 1.0e-4, high: 1.0e-2, log: true}"
-
-
-@pytest.fixture(scope="module")
-def fast(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """Overrides for quick trials: given dense weights (no dense phase), 64 images, one
-    fine-tuning epoch, no speed measurement."""
-    path = tmp_path_factory.mktemp("dense") / "tiny.safetensors"
-    model = tiny_spec().create()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return [
-        f"model.checkpoint={path}",
-        "train.dense_epochs=0",
-        "data.train_subset=64",
-        "data.augment=false",
-        "strategy.params.finetune_epochs=1",
-        "tune.measure=false",
-        LR_RANGE,
-    ]
+from .conftest import LR_RANGE, tiny_spec
 
 
 def _sets(overrides: list[str]) -> list[str]:

@@ -10,7 +10,6 @@ import optuna
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from safetensors.torch import save_file
 
 from automl_hiap.cli import main
 from automl_hiap.config import load_config
@@ -18,27 +17,9 @@ from automl_hiap.tracking import Tracker, use_store
 from automl_hiap.tune import run_tune
 from automl_hiap.tune_tracking import TrackingHooks
 
-from .conftest import tiny_spec
+from .conftest import LR_RANGE
 
-LR_RANGE = "tune.params.finetune_lr={low: 1.0e-4, high: 1.0e-2, log: true}"
 EPOCH_METRIC = "magnitude_finetune/val_top1"  # the magnitude strategy's fine-tuning phase
-
-
-@pytest.fixture(scope="module")
-def fast(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """Quick trials: given dense weights, 64 images, one fine-tuning epoch, no timing."""
-    path = tmp_path_factory.mktemp("dense") / "tiny.safetensors"
-    model = tiny_spec().create()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return [
-        f"model.checkpoint={path}",
-        "train.dense_epochs=0",
-        "data.train_subset=64",
-        "data.augment=false",
-        "strategy.params.finetune_epochs=1",
-        "tune.measure=false",
-        LR_RANGE,
-    ]
 
 
 def _runs(uri: str, query: str) -> pd.DataFrame:
