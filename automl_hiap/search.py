@@ -13,9 +13,10 @@ The output folder holds everything a user needs and everything a resumed run reu
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ from automl_hiap.space import SearchSpace
 from automl_hiap.strategy import SearchContext, Strategy
 from automl_hiap.subnet import Subnet
 from automl_hiap.trainer import EpochListener, Trainer, is_main_process
+
+Scores = dict[str, dict[str, float]]  # split -> {"top1", "loss"}
 
 
 @dataclass
@@ -65,6 +68,7 @@ def run_search(
     progress: bool = True,
     measure_batch: int | None = 64,
     listeners: Sequence[EpochListener] = (),
+    dense_scores: MutableMapping[str, Scores] | None = None,
 ) -> SearchReport:
     """Search, export, evaluate on the test split, measure, and write the output folder.
 
@@ -73,6 +77,10 @@ def run_search(
     does so for trials when asked, since it costs seconds per trial on tiny models.
     Both models are also scored on the held-out val split (``val_top1``): selection (the
     tuner's objective) must not see the test split.
+    ``dense_scores`` is a cache shared by the searches of one process (the tuner's trials): the
+    dense model is then scored once, not once per trial, which on CPU is a large part of a
+    short trial. It is keyed by :func:`reference_key`, so a trial that changes the weights or
+    the data splits scores its own dense model.
     """
     from automl_hiap.data import build_datasets
 
@@ -116,8 +124,13 @@ def run_search(
     dense_model = copy.deepcopy(model).eval()  # the reference, and the distillation teacher
     teacher = dense_model if config.train.distill is not None else None
     trainer.teacher = teacher
-    dense_test = trainer.evaluate(model, data.test)
-    dense_val = trainer.evaluate(model)
+    key = reference_key(model, config) if dense_scores is not None else ""
+    reference = dense_scores.get(key) if dense_scores is not None else None
+    if reference is None:
+        reference = {"test": trainer.evaluate(model, data.test), "val": trainer.evaluate(model)}
+        if dense_scores is not None:
+            dense_scores[key] = reference
+    dense_test, dense_val = reference["test"], reference["val"]
 
     context = SearchContext(
         model=model,
@@ -185,6 +198,17 @@ def run_search(
             title=f"{m.name} · {strategy.name} · {format_macs(cost.macs)} MACs",
         )
     return SearchReport(out=out, subnet=subnet, metrics=metrics)
+
+
+def reference_key(model: nn.Module, config: SearchConfig) -> str:
+    """What the dense model's scores depend on: its weights and config, and the data splits."""
+    digest = hashlib.sha256()
+    settings = [config.model.model_dump(mode="json"), config.data.model_dump(mode="json")]
+    digest.update(json.dumps([*settings, config.train.seed], sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def evaluate_export(folder: str | Path, config: SearchConfig, batch: int = 64) -> dict[str, Any]:

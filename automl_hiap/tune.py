@@ -81,7 +81,7 @@ from automl_hiap.config import SearchConfig, TuneConfig, TuneRange
 from automl_hiap.cost import dense_cost, subnet_cost
 from automl_hiap.errors import ConfigError, UserError
 from automl_hiap.models import create_model
-from automl_hiap.search import SearchReport, run_search
+from automl_hiap.search import Scores, SearchReport, run_search
 from automl_hiap.space import SearchSpace
 from automl_hiap.strategy import Strategy
 from automl_hiap.trainer import (
@@ -483,6 +483,7 @@ class _Objective:
     def __init__(self, plan: _Plan, worker: int) -> None:
         self.plan, self.worker = plan, worker
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.dense_scores: dict[str, Scores] = {}  # the dense model is scored once per process
 
     def _constrain(self, trial: optuna.Trial, macs: float | None) -> None:
         """Feasible when <= 0; a trial without MACs (pruned, no candidate) has none."""
@@ -515,6 +516,7 @@ class _Objective:
                     progress=plan.progress,
                     measure_batch=64 if plan.tune.measure else None,
                     listeners=listeners,
+                    dense_scores=self.dense_scores,
                 )
                 result = self._result(report)
                 plan.hooks.trial_searched(trial, report, result)
@@ -634,6 +636,7 @@ def _work(plan: _Plan, quota: int | None, worker: int) -> None:
 
 def _follow(plan: _Plan) -> None:
     """Ranks other than 0 under torchrun: run the searches rank 0 announces."""
+    dense_scores: dict[str, Scores] = {}
     while (payload := _broadcast(None)) is not None:
         folder, params = payload
         with contextlib.suppress(Exception):  # rank 0 records the failure
@@ -642,6 +645,7 @@ def _follow(plan: _Plan) -> None:
                 folder,
                 progress=False,
                 measure_batch=64 if plan.tune.measure else None,
+                dense_scores=dense_scores,
             )
 
 

@@ -14,7 +14,9 @@ import torch
 import automl_hiap as ah
 from automl_hiap.cli import main
 from automl_hiap.config import load_config
-from automl_hiap.search import run_search
+from automl_hiap.models import create_model
+from automl_hiap.search import reference_key, run_search
+from automl_hiap.trainer import Trainer
 
 FAST = ["strategy.params.finetune_epochs=1"]
 
@@ -104,3 +106,43 @@ def test_a_killed_search_resumes_to_the_same_subnet(tmp_path: Path) -> None:
     a, b = ah.load(tmp_path / "uninterrupted" / "model"), ah.load(out / "model")
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key]), key
+
+
+def test_a_shared_cache_scores_the_dense_model_once(tmp_path: Path, monkeypatch) -> None:
+    scored_on_test: list[int] = []  # parameter counts of the models scored on the test split
+    evaluate = Trainer.evaluate
+
+    def counted(self: Trainer, model: torch.nn.Module, data=None) -> dict[str, float]:
+        if data is not None:
+            scored_on_test.append(sum(p.numel() for p in model.parameters()))
+        return evaluate(self, model, data)
+
+    monkeypatch.setattr(Trainer, "evaluate", counted)
+    config = load_config("test_vit.yaml", FAST)
+    cache: dict = {}
+    first = run_search(
+        config, tmp_path / "a", progress=False, measure_batch=None, dense_scores=cache
+    )
+    dense_params = first.metrics["dense"]["params"]
+    assert scored_on_test.count(dense_params) == 1 and len(cache) == 1
+    scored_on_test.clear()
+    again = run_search(
+        config, tmp_path / "b", progress=False, measure_batch=None, dense_scores=cache
+    )
+    assert scored_on_test == [again.metrics["pruned"]["params"]]  # only the pruned model
+    assert again.metrics["dense"] == first.metrics["dense"]
+
+    other_split = load_config("test_vit.yaml", [*FAST, "data.val_fraction=0.2"])
+    run_search(other_split, tmp_path / "c", progress=False, measure_batch=None, dense_scores=cache)
+    assert len(cache) == 2  # other data: scored anew
+
+
+def test_the_reference_key_follows_the_weights() -> None:
+    config = load_config("test_vit.yaml")
+    m = config.model
+    model = create_model(m.name, dict(m.kwargs), None, False)
+    key = reference_key(model, config)
+    assert reference_key(model, config) == key
+    with torch.no_grad():
+        next(model.parameters())[0].flatten()[0] += 1e-3
+    assert reference_key(model, config) != key
