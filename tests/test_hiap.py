@@ -217,7 +217,7 @@ def search(target_ratio: float | None, **params: float) -> tuple[SearchContext, 
 def test_a_higher_lambda_prunes_more() -> None:
     macs = []
     for lam in (0.05, 20.0):
-        ctx, result = search(None, lambda_macro=lam, lambda_micro=lam / 2)
+        ctx, result = search(None, lambda_macro=lam)
         macs.append(ah.subnet_cost(ctx.space, result.subnet).macs)
         assert result.metrics["lambda_macro"] == lam  # λ-only mode: λ is not adapted
     assert macs[1] < 0.8 * macs[0]
@@ -238,7 +238,7 @@ def test_budget_mode_lands_within_three_percent_of_the_target(ratio: float) -> N
 
 
 def test_exported_model_equals_the_hardened_gated_model() -> None:
-    ctx, result = search(None, lambda_macro=4.0, lambda_micro=2.0, tolerance=0.5)
+    ctx, result = search(None, lambda_macro=4.0, tolerance=0.5)
     model, space = ctx.model, ctx.space
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad(), ah.Masks(model, space, result.subnet.to_keep(space)):
