@@ -124,13 +124,14 @@ def run_search(
     dense_model = copy.deepcopy(model).eval()  # the reference, and the distillation teacher
     teacher = dense_model if config.train.distill is not None else None
     trainer.teacher = teacher
-    key = reference_key(model, config) if dense_scores is not None else ""
-    reference = dense_scores.get(key) if dense_scores is not None else None
-    if reference is None:
-        reference = {"test": trainer.evaluate(model, data.test), "val": trainer.evaluate(model)}
-        if dense_scores is not None:
-            dense_scores[key] = reference
-    dense_test, dense_val = reference["test"], reference["val"]
+    dense_scores = {} if dense_scores is None else dense_scores
+    key = reference_key(model, config)
+    if key not in dense_scores:
+        dense_scores[key] = {
+            "test": trainer.evaluate(model, data.test),
+            "val": trainer.evaluate(model),
+        }
+    dense_test, dense_val = dense_scores[key]["test"], dense_scores[key]["val"]
 
     context = SearchContext(
         model=model,
