@@ -58,6 +58,7 @@ import socket
 import sys
 import types
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -418,7 +419,9 @@ def _open_study(plan: _Plan, storage: BaseStorage) -> optuna.Study:
 
 def _sampler(plan: _Plan, existing: int, worker: int) -> optuna.samplers.BaseSampler:
     tune = plan.tune
-    seed_seq = np.random.SeedSequence([(tune.seed or 0) % 2**32, existing, worker])
+    # the study's name too: studies for other budgets should not start from the same points
+    study = zlib.crc32(plan.study.encode())
+    seed_seq = np.random.SeedSequence([(tune.seed or 0) % 2**32, study, existing, worker])
     seed = int(seed_seq.generate_state(1)[0])
     startup = tune.startup_trials or max(2, min(10, tune.trials // 3))
     if tune.sampler == "random":

@@ -15,6 +15,7 @@ import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -22,11 +23,11 @@ import torch
 
 import automl_hiap as ah
 from automl_hiap.cli import main
-from automl_hiap.config import load_config
+from automl_hiap.config import TuneConfig, load_config
 from automl_hiap.cost import dense_cost, subnet_cost
 from automl_hiap.subnet import random_subnet
 from automl_hiap.trainer import EpochEnd
-from automl_hiap.tune import _Reporter, run_tune
+from automl_hiap.tune import _Reporter, _sampler, run_tune
 from automl_hiap.tune_results import pareto_front
 
 from .conftest import LR_RANGE, tiny_spec
@@ -315,3 +316,15 @@ def test_commands_share_a_study_in_postgresql(tmp_path: Path, fast, postgres_url
     best_folder = Path(report.best["out"].partition(":")[2])
     assert (out / "b" / "subnet.json").read_text() == (best_folder / "subnet.json").read_text()
     assert not (out / "a" / "study.db").exists() and not (out / "b" / "study.db").exists()
+
+
+def test_studies_for_other_budgets_start_from_other_points() -> None:
+    tune = TuneConfig(sampler="random", seed=0, params={"lr": {"low": 1e-4, "high": 1e-2}})
+
+    def first_value(study_name: str) -> float:
+        plan = SimpleNamespace(tune=tune, study=study_name)
+        study = optuna.create_study(sampler=_sampler(plan, existing=0, worker=0))  # type: ignore[arg-type]
+        return study.ask().suggest_float("lr", 1e-4, 1e-2)
+
+    assert first_value("vit-hiap-0.5") == first_value("vit-hiap-0.5")  # still reproducible
+    assert first_value("vit-hiap-0.5") != first_value("vit-hiap-0.67")
