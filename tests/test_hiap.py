@@ -223,6 +223,15 @@ def test_a_higher_lambda_prunes_more() -> None:
     assert macs[1] < 0.8 * macs[0]
 
 
+def test_micro_ratio_weighs_the_micro_cost() -> None:
+    neurons = []
+    for ratio in (0.0, 1.0):
+        _, result = search(None, lambda_macro=4.0, micro_ratio=ratio)
+        neurons.append(result.metrics["kept_neurons"])
+        assert result.metrics["lambda_micro"] == 4.0 * ratio
+    assert neurons[1] < 0.8 * neurons[0]  # no micro cost: neurons go only with their branch
+
+
 @pytest.mark.parametrize("ratio", [0.7, 0.5])
 def test_budget_mode_lands_within_three_percent_of_the_target(ratio: float) -> None:
     ctx, result = search(ratio)
