@@ -7,10 +7,10 @@ _compat.ensure_torchvision_importable()  # before anything imports timm (and tor
 from automl_hiap.budget import Budget, parse_budget  # noqa: E402
 from automl_hiap.cost import Cost, dense_cost, expected_macs, expected_params, subnet_cost  # noqa: E402
 from automl_hiap.errors import ConfigError, UserError  # noqa: E402
-from automl_hiap.export import export, save  # noqa: E402
 from automl_hiap.masking import Masks  # noqa: E402
+from automl_hiap.model_files import load, save  # noqa: E402  (load: folders, files, URIs)
 from automl_hiap.models import ModelSpec  # noqa: E402
-from automl_hiap.pull import load  # noqa: E402  (folders, files, models:/ and runs:/ URIs)
+from automl_hiap.slicing import slice_subnet  # noqa: E402
 from automl_hiap.space import BlockKeep, SearchSpace, Unit  # noqa: E402
 from automl_hiap.subnet import HeadKeep, LayerKeep, Subnet  # noqa: E402
 
@@ -32,9 +32,9 @@ __all__ = [
     "dense_cost",
     "expected_macs",
     "expected_params",
-    "export",
     "load",
     "parse_budget",
     "save",
+    "slice_subnet",
     "subnet_cost",
 ]

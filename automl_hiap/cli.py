@@ -136,10 +136,10 @@ def cmd_spaces(args: argparse.Namespace) -> None:
 
 
 def cmd_strategies(args: argparse.Namespace) -> None:
-    from automl_hiap import registry
+    from automl_hiap import plugins
 
-    for name, cls in registry.available().items():
-        missing = registry.missing_requirements(cls)
+    for name, cls in plugins.available().items():
+        missing = plugins.missing_requirements(cls)
         note = f"  (needs: {'; '.join(missing)})" if missing else ""
         print(f"{name:12s} {cls.description}{note}")
 
@@ -284,7 +284,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from automl_hiap.export_formats import FORMATS, TOLERANCE, export_to
-    from automl_hiap.pull import is_uri, load
+    from automl_hiap.model_files import load
+    from automl_hiap.pull import is_uri
 
     out = args.out
     if out is None:

@@ -27,7 +27,7 @@ from pydantic import (
 
 from automl_hiap.budget import Budget, parse_budget
 from automl_hiap.errors import ConfigError
-from automl_hiap.space import ALL_UNITS, Unit
+from automl_hiap.space import ALL_UNITS, Constraints, Unit
 
 BUNDLED_PACKAGE = "automl_hiap.search_spaces"
 _ENV_PATTERN = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
@@ -110,15 +110,6 @@ class DataConfig(_Section):
     @classmethod
     def _expand_root(cls, root: str | None) -> str | None:
         return None if root is None else expand_path(root)
-
-
-class Constraints(_Section):
-    """Structural limits that keep every subnet valid and hardware-friendly."""
-
-    min_heads: Annotated[int, Field(ge=1)] = 1
-    min_head_dims: Annotated[int, Field(ge=1)] = 1
-    min_neuron_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    round_to: Annotated[int, Field(ge=1)] = 1
 
 
 class SpaceConfig(_Section):

@@ -30,14 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from automl_hiap.errors import UserError
-from automl_hiap.export import ARCH_FORMAT, architecture, build_blocks
-from automl_hiap.models import ModelSpec
-from automl_hiap.subnet import Subnet
+from automl_hiap.model_files import ARCH_FORMAT, architecture, load_safetensors, weights
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 TOLERANCE = 1e-4
@@ -128,9 +125,8 @@ def _read_torchscript(path: Path) -> Runner:
 
 
 def _write_safetensors(model: nn.Module, example: Tensor, path: Path) -> None:
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {"format": ARCH_FORMAT, "arch": json.dumps(architecture(model))}
-    save_file(state, str(path), metadata=metadata)
+    save_file(weights(model), str(path), metadata=metadata)
 
 
 WRITERS: dict[str, Callable[[nn.Module, Tensor, Path], None]] = {
@@ -143,30 +139,6 @@ READERS: dict[str, Callable[[Path], Runner]] = {
     "torchscript": _read_torchscript,
     "safetensors": lambda path: load_safetensors(path),
 }
-
-
-def load_safetensors(path: str | Path) -> nn.Module:
-    """Rebuild a model from a single ``.safetensors`` file written by ``--format safetensors``."""
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for bad headers
-        raise UserError(f"{path}: not a safetensors file ({exc})") from None
-    if metadata.get("format") != ARCH_FORMAT or "arch" not in metadata:
-        raise UserError(
-            f"{path}: no automl_hiap architecture in its metadata (expected format "
-            f"{ARCH_FORMAT!r}; write one with `automl_hiap export DIR --format safetensors`)"
-        )
-    arch = json.loads(metadata["arch"])
-    spec = ModelSpec(arch["timm_model"], arch.get("timm_kwargs") or {})
-    subnet = Subnet.from_dict(arch["subnet"])
-    model: Any = spec.create()
-    model.blocks = nn.Sequential(*build_blocks(model, subnet))
-    model.load_state_dict(load_file(str(path)), strict=True)
-    model.subnet = subnet
-    model.model_spec = spec
-    return model.eval()
 
 
 def _require(*modules: str) -> None:

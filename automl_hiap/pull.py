@@ -1,10 +1,6 @@
-"""Get an exported model back from wherever it was put, as a pruned ``nn.Module``.
-
-A source is a local export folder (or a search's output folder, or an MLflow model folder), a
-single-file ``.safetensors`` export, or an MLflow URI: ``models:/NAME@alias``,
-``models:/NAME/VERSION``, ``runs:/<run id>/model``, or any artifact URI MLflow can download.
-The model is always rebuilt from architecture JSON + safetensors: nothing is unpickled, no
-code from the files runs, and neither the search's code paths nor the dense model are needed.
+"""Fetch an exported model from wherever it was put: a local path, or an MLflow URI
+(``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/<run id>/model``, or any artifact
+URI MLflow can download). Rebuilding it is ``model_files``' job.
 """
 
 from __future__ import annotations
@@ -15,27 +11,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from torch import nn
-
 from automl_hiap.errors import UserError
-from automl_hiap.export import ARCH_FILE, WEIGHTS_FILE
-from automl_hiap.export import load as load_folder
+from automl_hiap.model_files import (
+    ARCH_FILE,
+    WEIGHTS_FILE,
+    find_export,
+    load_folder,
+    load_safetensors,
+    save,
+)
 
 URI_PREFIXES = ("models:/", "runs:/")
-
-
-def load(source: str | Path, tracking_uri: str | None = None) -> nn.Module:
-    """The pruned model at ``source`` (see the module docstring), in eval mode.
-
-    ``tracking_uri`` is the MLflow store that resolves ``models:/`` and ``runs:/`` URIs
-    (default: ``MLFLOW_TRACKING_URI``, else MLflow's default).
-    """
-    with fetched(source, tracking_uri) as path:
-        if path.is_file():
-            from automl_hiap.export_formats import load_safetensors
-
-            return load_safetensors(path)
-        return load_folder(find_export(path))
 
 
 def pull(source: str | Path, out: str | Path, tracking_uri: str | None = None) -> Path:
@@ -44,9 +30,6 @@ def pull(source: str | Path, out: str | Path, tracking_uri: str | None = None) -
     out = Path(out)
     with fetched(source, tracking_uri) as path:
         if path.is_file():
-            from automl_hiap.export import save
-            from automl_hiap.export_formats import load_safetensors
-
             return save(load_safetensors(path), out)
         folder = find_export(path)
         load_folder(folder)  # refuse to hand out files that do not rebuild a model
@@ -90,17 +73,3 @@ def fetched(source: str | Path, tracking_uri: str | None = None) -> Iterator[Pat
             first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
             raise UserError(f"{source}: cannot download it: {first}") from None
         yield Path(local)
-
-
-def find_export(path: Path) -> Path:
-    """The folder holding ``arch.json``: ``path`` itself or the one folder below it that does
-    (a search's ``model/``, an MLflow model's ``data/model/``)."""
-    if (path / ARCH_FILE).is_file():
-        return path
-    found = sorted(p.parent for p in path.rglob(ARCH_FILE))
-    if not found:
-        raise UserError(f"{path}: no {ARCH_FILE} in it: not an exported model")
-    if len(found) > 1:
-        listed = ", ".join(str(p) for p in found[:3])
-        raise UserError(f"{path}: several exported models ({listed}); name one of them")
-    return found[0]

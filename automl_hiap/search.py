@@ -25,13 +25,13 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from automl_hiap import registry
+from automl_hiap import plugins
 from automl_hiap.budget import Budget, format_macs
 from automl_hiap.config import SearchConfig, format_validation_error
 from automl_hiap.cost import dense_cost, subnet_cost
 from automl_hiap.errors import ConfigError, UserError
-from automl_hiap.export import export, save
 from automl_hiap.measure import throughput
+from automl_hiap.model_files import save
 from automl_hiap.models import ModelSpec, create_model
 from automl_hiap.plots import structure_plot
 from automl_hiap.space import SearchSpace
@@ -51,7 +51,7 @@ class SearchReport:
 
 def build_strategy(config: SearchConfig, name: str | None = None) -> Strategy:
     """The configured strategy with its params validated (errors name ``strategy.params``)."""
-    cls = registry.get(name or config.strategy.name)
+    cls = plugins.get(name or config.strategy.name)
     try:
         return cls.from_dict(config.strategy.params)
     except ValidationError as exc:
@@ -143,11 +143,9 @@ def run_search(
         teacher=teacher,
     )
     started = time.perf_counter()
-    result = strategy.search(context)
+    result = strategy.run(context)
     search_seconds = time.perf_counter() - started
-    subnet = result.subnet.validate(space)
-    pruned = result.model if result.fine_tuned else export(result.model, subnet, spec)
-    pruned.eval()
+    subnet, pruned = result.subnet, result.model.eval()
     pruned_test = trainer.evaluate(pruned, data.test)
     pruned_val = trainer.evaluate(pruned)
     cost = subnet_cost(space, subnet)
@@ -215,7 +213,7 @@ def reference_key(model: nn.Module, config: SearchConfig) -> str:
 def evaluate_export(folder: str | Path, config: SearchConfig, batch: int = 64) -> dict[str, Any]:
     """Re-measure an exported model: test top-1 and throughput."""
     from automl_hiap.data import build_datasets
-    from automl_hiap.export import load
+    from automl_hiap.model_files import load
 
     model: nn.Module = load(folder)
     data = build_datasets(config.data, seed=config.train.seed)

@@ -26,15 +26,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from automl_hiap.errors import UserError
-
-if TYPE_CHECKING:
-    from automl_hiap.config import Constraints
 
 
 class Unit(str, Enum):
@@ -65,6 +63,18 @@ UNIT_FIELD = {
 MACRO_UNITS = (Unit.ATTN_BLOCK, Unit.HEAD, Unit.FFN_BLOCK)
 MICRO_UNITS = (Unit.QK_DIM, Unit.V_DIM, Unit.NEURON, Unit.ATTN_IN, Unit.MLP_IN)
 ALL_UNITS = MACRO_UNITS + MICRO_UNITS
+
+
+class Constraints(BaseModel):
+    """Structural limits that keep every subnet valid and hardware-friendly (the YAML's
+    ``space.constraints``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    min_heads: Annotated[int, Field(ge=1)] = 1
+    min_head_dims: Annotated[int, Field(ge=1)] = 1
+    min_neuron_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    round_to: Annotated[int, Field(ge=1)] = 1
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ fine-tunes; magnitude pruning ranks weights once.
 Training phases run through the trainer's ``fit`` loop, which calls the no-op hooks of
 :class:`TrainHooks` (extra parameters, extra loss, per-step schedules, gradient edits,
 projections, metrics, state for exact resume). Strategies are found by name through the
-``automl_hiap.strategies`` entry-point group (see ``registry``); core code never imports one.
+``automl_hiap.strategies`` entry-point group (see ``plugins``); core code never imports one.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from automl_hiap.errors import UserError
 from automl_hiap.models import ModelSpec
+from automl_hiap.slicing import slice_subnet
 from automl_hiap.space import SearchSpace
 from automl_hiap.subnet import Subnet
 
@@ -104,7 +105,7 @@ class Strategy(ABC):
     description: ClassVar[str]
     Params: ClassVar[type[StrategyParams]] = StrategyParams
     needs_budget: ClassVar[bool] = True  # False for methods steered by a coefficient alone
-    # optional packages: import name -> install command (the registry lists a strategy whose
+    # optional packages: import name -> install command (the plugin list shows a strategy whose
     # package is missing as unavailable, with the command, instead of failing to load it)
     requires: ClassVar[dict[str, str]] = {}
 
@@ -125,3 +126,12 @@ class Strategy(ABC):
     @abstractmethod
     def search(self, context: SearchContext) -> SearchResult:
         """Decide the subnet (training as the method requires)."""
+
+    def run(self, context: SearchContext) -> SearchResult:
+        """Search, then slice: the result's ``model`` is the physically pruned network."""
+        result = self.search(context)
+        subnet = result.subnet.validate(context.space)
+        if result.fine_tuned:
+            return result
+        pruned = slice_subnet(result.model, subnet, context.spec)
+        return SearchResult(subnet=subnet, model=pruned, metrics=result.metrics, fine_tuned=True)

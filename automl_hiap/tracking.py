@@ -525,8 +525,8 @@ class Run:
         from mlflow.types import Schema, TensorSpec
 
         from automl_hiap import __version__
-        from automl_hiap.export import load
         from automl_hiap.export_formats import input_shape
+        from automl_hiap.model_files import load
 
         model: Any = load(folder)
         shape = input_shape(model)
@@ -638,6 +638,6 @@ class PrunedViTPyfunc:
 
 def _load_pyfunc(data_path: str) -> PrunedViTPyfunc:
     """MLflow's loader-module entry point: rebuild from arch.json + safetensors."""
-    from automl_hiap.export import load
+    from automl_hiap.model_files import load
 
     return PrunedViTPyfunc(load(data_path))

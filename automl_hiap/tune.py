@@ -76,7 +76,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
-from automl_hiap import registry
+from automl_hiap import plugins
 from automl_hiap.budget import Budget, format_macs
 from automl_hiap.config import SearchConfig, TuneConfig, TuneRange
 from automl_hiap.cost import dense_cost, subnet_cost
@@ -250,7 +250,7 @@ def with_params(config: SearchConfig, params: dict[str, Any]) -> SearchConfig:
 
 
 def _strategy_fields(config: SearchConfig) -> dict[str, Any]:
-    return registry.get(config.strategy.name).Params.model_fields
+    return plugins.get(config.strategy.name).Params.model_fields
 
 
 # ----------------------------------------------------------------------------- storage
@@ -746,7 +746,7 @@ def run_tune(
     if budget is not None:
         update["budget"] = budget
     config = config.model_copy(update=update)
-    strategy_cls = registry.get(strategy.name)
+    strategy_cls = plugins.get(strategy.name)
 
     pruner = settings.pruner or ("none" if settings.pareto else "median")
     if settings.pareto and pruner != "none":

@@ -199,8 +199,8 @@ def remeasure(space: str, overrides: list[str], rows: list[dict[str, Any]], out:
     """Speed-ups of all exported models against the dense one, measured side by side in one
     interleaved run at the end (each search's own figure was taken while it ran, under
     whatever else the machine was doing)."""
-    from automl_hiap.export import load
     from automl_hiap.measure import throughput
+    from automl_hiap.model_files import load
     from automl_hiap.models import create_model
 
     config = load_config(space, overrides)

@@ -1,7 +1,7 @@
 """CPU inference throughput of dense vs physically pruned (exported) ViTs.
 
 What: for DeiT-Small (224 px) and the CIFAR ViT-Tiny (32 px, depth 6, patch 4), build pruned
-subnets at ~75 % and ~50 % of the dense MACs, export them with :func:`automl_hiap.export`
+subnets at ~75 % and ~50 % of the dense MACs, slice them with :func:`automl_hiap.slice_subnet`
 (physically smaller weights, :class:`~automl_hiap.pruned_vit.PrunedBlock` blocks) and time
 dense and pruned models side by side at several batch sizes.
 
@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 import automl_hiap as ah  # first: makes timm importable on this machine
-from automl_hiap.config import Constraints
+from automl_hiap.space import Constraints
 from automl_hiap.subnet import HeadKeep, LayerKeep, Subnet, random_subnet
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -208,7 +208,7 @@ def build_variants(family: Family, targets: list[float]) -> list[Variant]:
         het, found = search.find(target)
         for kind, subnet in (("uniform", search_uniform(space, target)), ("heterogeneous", het)):
             cost = ah.subnet_cost(space, subnet)
-            pruned = ah.export(model, subnet, family.spec).eval()
+            pruned = ah.slice_subnet(model, subnet, family.spec).eval()
             real_params = sum(p.numel() for p in pruned.parameters())
             if real_params != cost.params:  # the exported model is the subnet the cost describes
                 raise AssertionError(f"{kind}: exported {real_params} params, cost {cost.params}")

@@ -50,8 +50,8 @@ from torch.utils.data import DataLoader
 
 from automl_hiap.cost import dense_cost, subnet_cost
 from automl_hiap.errors import UserError
-from automl_hiap.export import export
 from automl_hiap.selection import select_to_budget
+from automl_hiap.slicing import slice_subnet
 from automl_hiap.space import BlockKeep, SearchSpace, Unit
 from automl_hiap.strategy import SearchContext, SearchResult, Strategy, StrategyParams, TrainHooks
 from automl_hiap.subnet import Subnet
@@ -363,6 +363,6 @@ class GOHSPStrategy(Strategy):
         metrics = {"macs_ratio": subnet_cost(space, subnet).macs / dense_cost(space).macs}
         if params.finetune_epochs == 0:
             return SearchResult(subnet=subnet, model=model, metrics=metrics)
-        pruned = export(model, subnet, context.spec)  # hard pruning
+        pruned = slice_subnet(model, subnet, context.spec)  # hard pruning
         trainer.fit(pruned, params.finetune_epochs, phase="gohsp_finetune", lr=params.finetune_lr)
         return SearchResult(subnet=subnet, model=pruned, metrics=metrics, fine_tuned=True)

@@ -27,8 +27,8 @@ from pydantic import Field
 from torch import Tensor
 
 from automl_hiap.errors import UserError
-from automl_hiap.export import export
 from automl_hiap.selection import select_to_budget
+from automl_hiap.slicing import slice_subnet
 from automl_hiap.space import BlockKeep
 from automl_hiap.strategy import SearchContext, SearchResult, Strategy, StrategyParams
 
@@ -117,6 +117,6 @@ class MagnitudeStrategy(Strategy):
             return SearchResult(subnet=subnet, model=context.model)
         if context.trainer is None:
             raise UserError("strategy.params.finetune_epochs: fine-tuning needs training data")
-        pruned = export(context.model, subnet, context.spec)
+        pruned = slice_subnet(context.model, subnet, context.spec)
         context.trainer.fit(pruned, epochs, phase="magnitude_finetune", lr=self.params.finetune_lr)  # type: ignore[attr-defined]
         return SearchResult(subnet=subnet, model=pruned, fine_tuned=True)

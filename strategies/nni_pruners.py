@@ -39,8 +39,8 @@ from torch import Tensor, nn
 
 from automl_hiap.cost import expected_macs
 from automl_hiap.errors import UserError
-from automl_hiap.export import export
 from automl_hiap.selection import select_to_budget
+from automl_hiap.slicing import slice_subnet
 from automl_hiap.space import BlockKeep, SearchSpace, Unit
 from automl_hiap.strategy import SearchContext, SearchResult, Strategy, StrategyParams
 from automl_hiap.subnet import Subnet
@@ -248,6 +248,6 @@ class NNIStrategy(Strategy):
         metrics = {"nni_sparse_ratio": ratio}
         if params.finetune_epochs == 0:
             return SearchResult(subnet=subnet, model=context.model, metrics=metrics)
-        pruned = export(context.model, subnet, context.spec)
+        pruned = slice_subnet(context.model, subnet, context.spec)
         trainer.fit(pruned, params.finetune_epochs, phase="nni_finetune", lr=params.finetune_lr)
         return SearchResult(subnet=subnet, model=pruned, metrics=metrics, fine_tuned=True)

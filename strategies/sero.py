@@ -57,8 +57,8 @@ from torch import Tensor, nn
 
 from automl_hiap.cost import dense_cost, expected_macs
 from automl_hiap.errors import UserError
-from automl_hiap.export import export
 from automl_hiap.masking import Masks
+from automl_hiap.slicing import slice_subnet
 from automl_hiap.space import BlockKeep, SearchSpace, Unit
 from automl_hiap.strategy import SearchContext, SearchResult, Strategy, StrategyParams, TrainHooks
 from automl_hiap.subnet import Subnet
@@ -293,6 +293,6 @@ class SERoStrategy(Strategy):
         metrics = hooks.metrics()
         if params.reopt_epochs == 0:
             return SearchResult(subnet=subnet, model=context.model, metrics=metrics)
-        pruned = export(context.model, subnet, context.spec)  # physical compression
+        pruned = slice_subnet(context.model, subnet, context.spec)  # physical compression
         trainer.fit(pruned, params.reopt_epochs, phase="sero_reopt", lr=params.reopt_lr)
         return SearchResult(subnet=subnet, model=pruned, metrics=metrics, fine_tuned=True)

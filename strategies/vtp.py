@@ -48,8 +48,8 @@ from torch import Tensor, nn
 
 from automl_hiap.cost import expected_macs
 from automl_hiap.errors import UserError
-from automl_hiap.export import export
 from automl_hiap.masking import Masks
+from automl_hiap.slicing import slice_subnet
 from automl_hiap.space import BlockKeep, LayerShape, SearchSpace, Unit
 from automl_hiap.strategy import SearchContext, SearchResult, Strategy, StrategyParams, TrainHooks
 from automl_hiap.subnet import Subnet
@@ -248,6 +248,6 @@ class VTPStrategy(Strategy):
         metrics = hooks.metrics()
         if params.finetune_epochs == 0:
             return SearchResult(subnet=subnet, model=context.model, metrics=metrics)
-        pruned = export(context.model, subnet, context.spec)
+        pruned = slice_subnet(context.model, subnet, context.spec)
         trainer.fit(pruned, params.finetune_epochs, phase="vtp_finetune", lr=params.finetune_lr)
         return SearchResult(subnet=subnet, model=pruned, metrics=metrics, fine_tuned=True)

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import automl_hiap as ah
-from automl_hiap import registry
-from automl_hiap.config import Constraints, TrainConfig
+from automl_hiap import plugins
+from automl_hiap.config import TrainConfig
+from automl_hiap.space import Constraints
 from automl_hiap.strategy import SearchContext, SearchResult
 from automl_hiap.trainer import Trainer
 
@@ -40,7 +41,7 @@ FINETUNE: dict[str, dict[str, Any]] = {
     "vtp": {"finetune_epochs": 1},
     "nni": {"finetune_epochs": 1},
 }
-STRATEGIES = sorted(registry.available())
+STRATEGIES = sorted(plugins.available())
 
 
 def tiny_trainer(seed: int) -> Trainer:
@@ -49,7 +50,7 @@ def tiny_trainer(seed: int) -> Trainer:
 
 @functools.cache
 def run(name: str, seed: int = 0, finetune: bool = False) -> tuple[SearchContext, SearchResult]:
-    missing = registry.missing_requirements(registry.available()[name])
+    missing = plugins.missing_requirements(plugins.available()[name])
     if missing:
         pytest.skip(f"{name} needs an optional package: {'; '.join(missing)}")
     torch.manual_seed(seed)
@@ -59,7 +60,7 @@ def run(name: str, seed: int = 0, finetune: bool = False) -> tuple[SearchContext
     target = 0.5 * ah.dense_cost(space).macs
     ctx = SearchContext(model, spec, space, target, seed=seed, trainer=tiny_trainer(seed))
     params = {**FAST.get(name, {}), **(FINETUNE.get(name, {}) if finetune else {})}
-    strategy = registry.get(name).from_dict(params)
+    strategy = plugins.get(name).from_dict(params)
     return ctx, strategy.search(ctx)
 
 
@@ -92,7 +93,7 @@ def test_masked_equals_exported(name: str) -> None:
     with torch.no_grad(), ah.Masks(model, ctx.space, subnet.to_keep(ctx.space)):
         masked = model(x)
     with torch.no_grad():
-        exported = ah.export(model, subnet, ctx.spec).eval()(x)
+        exported = ah.slice_subnet(model, subnet, ctx.spec).eval()(x)
     assert (masked - exported).abs().max() <= 1e-4
 
 

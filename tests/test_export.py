@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 
 import automl_hiap as ah
-from automl_hiap.config import Constraints
-from automl_hiap.export import ARCH_FILE, WEIGHTS_FILE
+from automl_hiap.model_files import ARCH_FILE, WEIGHTS_FILE
+from automl_hiap.space import Constraints
 from automl_hiap.subnet import random_subnet
 
 from .conftest import tiny_spec
@@ -64,7 +64,7 @@ def test_masked_model_equals_exported_model(
     subnet = random_subnet(space, torch.Generator().manual_seed(seed), keep_low=low)
     assert subnet.problems(space) == []
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
-    exported = ah.export(model, subnet, spec).eval()
+    exported = ah.slice_subnet(model, subnet, spec).eval()
     with torch.no_grad():
         pruned = exported(x)
     assert (masked_logits(model, space, subnet, x) - pruned).abs().max() <= 1e-4
@@ -82,7 +82,7 @@ def test_extreme_subnets_one_head_one_dim_and_removed_branches() -> None:
     )
     subnet = ah.Subnet(layers).validate(space)
     x = torch.randn(2, 3, 16, 16)
-    exported = ah.export(model, subnet, spec).eval()
+    exported = ah.slice_subnet(model, subnet, spec).eval()
     with torch.no_grad():
         assert (masked_logits(model, space, subnet, x) - exported(x)).abs().max() <= 1e-4
     assert exported.blocks[1].attn is None and exported.blocks[2].mlp is None
@@ -92,7 +92,7 @@ def test_extreme_subnets_one_head_one_dim_and_removed_branches() -> None:
 def test_export_keeps_the_original_softmax_scale() -> None:
     spec, model, space = model_for("vit")
     subnet = random_subnet(space, torch.Generator().manual_seed(0), keep_low=0.3, keep_high=0.6)
-    exported = ah.export(model, subnet, spec)
+    exported = ah.slice_subnet(model, subnet, spec)
     head_dim = space.layers[0].head_dim
     scales = {b.attn.scale for b in exported.blocks if b.attn is not None}
     assert scales == {head_dim**-0.5}
@@ -101,7 +101,7 @@ def test_export_keeps_the_original_softmax_scale() -> None:
 def test_export_does_not_touch_the_source_model() -> None:
     spec, model, space = model_for("vit")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    ah.export(model, random_subnet(space, torch.Generator().manual_seed(4)), spec)
+    ah.slice_subnet(model, random_subnet(space, torch.Generator().manual_seed(4)), spec)
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -110,7 +110,7 @@ def test_export_does_not_touch_the_source_model() -> None:
 def test_save_and_load_in_a_fresh_process(tmp_path: Path) -> None:
     spec, model, space = model_for("deit_distilled")
     subnet = random_subnet(space, torch.Generator().manual_seed(7), keep_low=0.3)
-    exported = ah.export(model, subnet, spec).eval()
+    exported = ah.slice_subnet(model, subnet, spec).eval()
     out = ah.save(exported, tmp_path / "model")
     x = torch.randn(2, 3, 16, 16)
     torch.save(x, tmp_path / "x.pt")

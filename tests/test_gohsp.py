@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import automl_hiap as ah
-from automl_hiap.config import Constraints, TrainConfig
+from automl_hiap.config import TrainConfig
+from automl_hiap.space import Constraints
 from automl_hiap.strategies.gohsp import (
     _ADMM,
     GOHSPParams,
@@ -96,7 +97,7 @@ def test_projection_keeps_exactly_the_requested_structure(seed: int) -> None:
                 t.mul_(m[key].to(t))
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        exported = ah.export(model, subnet, spec).eval()(x)
+        exported = ah.slice_subnet(model, subnet, spec).eval()(x)
         assert (projected(x) - exported).abs().max() <= 1e-5  # zeroed weights == sliced model
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import automl_hiap as ah
-from automl_hiap import registry
+from automl_hiap import plugins
 from automl_hiap.cli import main
-from automl_hiap.config import Constraints
 from automl_hiap.errors import UserError
+from automl_hiap.space import Constraints
 from automl_hiap.strategies.nni_pruners import INSTALL, NNIStrategy, masks_to_keep, repair
 from automl_hiap.strategy import SearchContext
 
@@ -83,10 +83,10 @@ def test_real_l1_pruner_removes_the_smallest_rows_within_the_budget() -> None:
 def test_without_nni_the_strategy_is_listed_with_its_install_command(monkeypatch, capsys) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        registry.importlib.util, "find_spec", lambda name: None if name == "nni" else real(name)
+        plugins.importlib.util, "find_spec", lambda name: None if name == "nni" else real(name)
     )
     assert main(["strategies"]) == 0
     line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("nni "))
     assert f"(needs: {INSTALL})" in line
     with pytest.raises(UserError, match=r"'nni' needs an optional package: pip install"):
-        registry.get("nni")
+        plugins.get("nni")

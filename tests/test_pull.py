@@ -17,7 +17,7 @@ from automl_hiap.subnet import random_subnet
 @pytest.fixture
 def saved(tmp_path: Path, tiny) -> tuple[Path, torch.nn.Module]:
     spec, model, space = tiny
-    pruned = ah.export(model, random_subnet(space, torch.Generator().manual_seed(5)), spec)
+    pruned = ah.slice_subnet(model, random_subnet(space, torch.Generator().manual_seed(5)), spec)
     return ah.save(pruned.eval(), tmp_path / "search" / "model"), pruned.eval()
 
 

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 import automl_hiap as ah
-from automl_hiap.config import Constraints
 from automl_hiap.selection import select_to_budget
-from automl_hiap.space import BlockKeep, Unit
+from automl_hiap.space import BlockKeep, Constraints, Unit
 
 from .conftest import tiny_spec
 

@@ -10,7 +10,8 @@ import torch
 from pydantic import ValidationError
 
 import automl_hiap as ah
-from automl_hiap.config import Constraints, TrainConfig
+from automl_hiap.config import TrainConfig
+from automl_hiap.space import Constraints
 from automl_hiap.strategies.sero import (
     SERoParams,
     SERoStrategy,

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 import automl_hiap as ah
-from automl_hiap.config import Constraints
 from automl_hiap.errors import UserError
-from automl_hiap.space import Unit
+from automl_hiap.space import Constraints, Unit
 
 from .conftest import tiny_spec
 

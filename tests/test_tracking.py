@@ -91,7 +91,7 @@ def _pull_in_fresh_process(uri: str, tracking_uri: str, scratch: Path, export: P
     )
     assert done.returncode == 0, done.stderr[-3000:]
     modules = done.stdout.split()
-    assert "automl_hiap.export" in modules
+    assert "automl_hiap.model_files" in modules
     assert not {"automl_hiap.search", "automl_hiap.trainer", "automl_hiap.data"} & set(modules)
 
     images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))

@@ -1,10 +1,10 @@
 """Find strategies by name.
 
-Built-in strategies register through the same ``automl_hiap.strategies`` entry-point group as
+Built-in strategies come through the same ``automl_hiap.strategies`` entry-point group as
 third-party plugins, so that path runs in every test. A plugin that fails to import gives a
 warning and is skipped; two strategies with one name are an error (unlike timm, a silent
 override would make results depend on install order). A strategy whose optional package is
-missing (``Strategy.requires``) still registers, so it can be listed with its install command;
+missing (``Strategy.requires``) is still listed with its install command;
 asking for it by name is the error.
 """
 
@@ -19,7 +19,7 @@ from automl_hiap.strategy import Strategy
 
 ENTRY_POINT_GROUP = "automl_hiap.strategies"
 
-_registry: dict[str, type[Strategy]] = {}
+_strategies: dict[str, type[Strategy]] = {}
 _discovered = False
 
 
@@ -27,20 +27,20 @@ class DuplicateStrategyError(ValueError):
     """Two strategies claim the same name."""
 
 
-def register(cls: type[Strategy]) -> type[Strategy]:
-    """Register a Strategy subclass under ``cls.name`` (usable as a decorator)."""
+def add(cls: type[Strategy]) -> type[Strategy]:
+    """Add a Strategy subclass under ``cls.name`` (usable as a decorator)."""
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise TypeError(f"{cls!r} is not a Strategy subclass")
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise TypeError(f"{cls.__qualname__} has no name")
-    existing = _registry.get(name)
+    existing = _strategies.get(name)
     if existing is not None and existing is not cls:
         raise DuplicateStrategyError(
             f"strategy name {name!r} is taken by {existing.__module__}.{existing.__qualname__}; "
-            f"{cls.__module__}.{cls.__qualname__} cannot register it again"
+            f"{cls.__module__}.{cls.__qualname__} cannot add it again"
         )
-    _registry[name] = cls
+    _strategies[name] = cls
     return cls
 
 
@@ -68,13 +68,13 @@ def discover(force: bool = False) -> None:
                 stacklevel=2,
             )
             continue
-        register(cls)
+        add(cls)
 
 
 def available() -> dict[str, type[Strategy]]:
-    """Name -> class of every registered strategy, sorted by name."""
+    """Name -> class of every known strategy, sorted by name."""
     discover()
-    return dict(sorted(_registry.items()))
+    return dict(sorted(_strategies.items()))
 
 
 def missing_requirements(cls: type[Strategy]) -> list[str]:

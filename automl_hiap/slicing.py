@@ -1,25 +1,16 @@
-"""Slice a ViT by a subnet into a physically smaller model; save and load it as
-architecture JSON + safetensors (no pickle, no code executed on load)."""
+"""Slice a ViT by a subnet into a physically smaller model (its files: ``model_files``)."""
 
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from automl_hiap.errors import UserError
 from automl_hiap.models import ModelSpec
 from automl_hiap.pruned_vit import PrunedAttention, PrunedBlock, PrunedMlp, group_heads
 from automl_hiap.subnet import LayerKeep, Subnet
-
-ARCH_FILE = "arch.json"
-WEIGHTS_FILE = "model.safetensors"
-ARCH_FORMAT = "automl_hiap.pruned_vit/1"
 
 
 def _blocks(model: nn.Module) -> list[Any]:
@@ -28,7 +19,7 @@ def _blocks(model: nn.Module) -> list[Any]:
 
 
 def build_blocks(model: nn.Module, subnet: Subnet) -> list[PrunedBlock]:
-    """Pruned blocks shaped by ``subnet``; weights are fresh (use :func:`export` to copy)."""
+    """Pruned blocks shaped by ``subnet``; weights are fresh (use :func:`slice_subnet` to copy)."""
     blocks = []
     for block, layer in zip(_blocks(model), subnet.layers, strict=True):
         attn = mlp = None
@@ -107,11 +98,11 @@ def _copy_weights(block: Any, pruned: Any, layer: LayerKeep) -> None:
         )
 
 
-def export(model: nn.Module, subnet: Subnet, spec: ModelSpec) -> nn.Module:
+def slice_subnet(model: nn.Module, subnet: Subnet, spec: ModelSpec) -> nn.Module:
     """A physically pruned copy of ``model`` (the original is not modified).
 
     The result is timm's model class with :class:`PrunedBlock` blocks; ``.subnet`` and
-    ``.model_spec`` are attached so it can be saved. Remove masks before exporting: the
+    ``.model_spec`` are attached so it can be saved. Remove masks before slicing: the
     copy is sliced from the raw weights.
     """
     dense_blocks = model.blocks
@@ -127,50 +118,3 @@ def export(model: nn.Module, subnet: Subnet, spec: ModelSpec) -> nn.Module:
     result.subnet = subnet
     result.model_spec = spec
     return result.train(model.training)
-
-
-def architecture(model: Any) -> dict[str, Any]:
-    """The JSON that, with the weights, rebuilds an exported model."""
-    import timm
-
-    spec: ModelSpec = model.model_spec
-    subnet: Subnet = model.subnet
-    return {
-        "format": ARCH_FORMAT,
-        "timm_model": spec.name,
-        "timm_kwargs": spec.kwargs,
-        "timm_version": timm.__version__,
-        "subnet": subnet.to_dict(),
-    }
-
-
-def save(model: nn.Module, directory: str | Path) -> Path:
-    """Write ``arch.json`` + ``model.safetensors`` for an exported model."""
-    if not isinstance(getattr(model, "subnet", None), Subnet):
-        raise ValueError("save() takes a model returned by export() or load()")
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ARCH_FILE).write_text(json.dumps(architecture(model), indent=1))
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": ARCH_FORMAT})
-    return out
-
-
-def load(directory: str | Path) -> nn.Module:
-    """Rebuild an exported model from its two files; runs no code from them."""
-    folder = Path(directory)
-    try:
-        arch = json.loads((folder / ARCH_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{folder}: not an exported model ({ARCH_FILE}: {exc})") from None
-    if arch.get("format") != ARCH_FORMAT:
-        raise UserError(f"{folder / ARCH_FILE}: expected format {ARCH_FORMAT!r}")
-    spec = ModelSpec(arch["timm_model"], arch.get("timm_kwargs") or {})
-    subnet = Subnet.from_dict(arch["subnet"])
-    model: Any = spec.create()
-    model.blocks = nn.Sequential(*build_blocks(model, subnet))
-    state = load_file(str(folder / WEIGHTS_FILE))
-    model.load_state_dict(state, strict=True)
-    model.subnet = subnet
-    model.model_spec = spec
-    return model.eval()
