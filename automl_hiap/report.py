@@ -4,17 +4,9 @@ from __future__ import annotations
 
 from automl_hiap.budget import format_macs
 from automl_hiap.config import SearchConfig
-from automl_hiap.cost import block_macs, dense_cost, prunable_share
-from automl_hiap.models import ModelSpec
+from automl_hiap.cost import block_macs, prunable_share
+from automl_hiap.plan import resolve
 from automl_hiap.space import ALL_UNITS, MACRO_UNITS, BlockKeep, SearchSpace, Unit
-
-
-def space_from_config(config: SearchConfig) -> tuple[ModelSpec, SearchSpace]:
-    """The architecture (fresh weights) and its search space; loads no checkpoint."""
-    spec = ModelSpec(config.model.name, dict(config.model.kwargs))
-    model = spec.create()
-    space = SearchSpace.from_model(model, config.space.units, config.space.constraints)
-    return spec, space
 
 
 def _unit_count(space: SearchSpace, unit: Unit) -> int:
@@ -32,8 +24,8 @@ def _unit_count(space: SearchSpace, unit: Unit) -> int:
 
 
 def describe_space(config: SearchConfig) -> str:
-    spec, space = space_from_config(config)
-    dense = dense_cost(space)
+    plan = resolve(config, meta=True, check_budget=False)  # shapes only: no weights read
+    spec, space, dense = plan.spec, plan.space, plan.dense
     c = config.space.constraints
     lines = [
         f"model      {spec.name} {spec.kwargs or ''}".rstrip(),

@@ -17,47 +17,25 @@ import hashlib
 import json
 import time
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
-from automl_hiap import plugins
 from automl_hiap.budget import Budget, format_macs
-from automl_hiap.config import SearchConfig, format_validation_error
-from automl_hiap.cost import dense_cost, subnet_cost
-from automl_hiap.errors import ConfigError, UserError
+from automl_hiap.config import SearchConfig
+from automl_hiap.cost import subnet_cost
+from automl_hiap.errors import UserError
 from automl_hiap.measure import throughput
 from automl_hiap.model_files import save
-from automl_hiap.models import ModelSpec, create_model
+from automl_hiap.outcome import ModelMetrics, SearchMetrics, SearchReport
+from automl_hiap.plan import resolve
 from automl_hiap.plots import structure_plot
-from automl_hiap.space import SearchSpace
-from automl_hiap.strategy import SearchContext, Strategy
-from automl_hiap.subnet import Subnet
+from automl_hiap.strategy import SearchContext
 from automl_hiap.trainer import EpochListener, Trainer, is_main_process
 
 Scores = dict[str, dict[str, float]]  # split -> {"top1", "loss"}
-
-
-@dataclass
-class SearchReport:
-    out: Path
-    subnet: Subnet
-    metrics: dict[str, Any]
-
-
-def build_strategy(config: SearchConfig, name: str | None = None) -> Strategy:
-    """The configured strategy with its params validated (errors name ``strategy.params``)."""
-    cls = plugins.get(name or config.strategy.name)
-    try:
-        return cls.from_dict(config.strategy.params)
-    except ValidationError as exc:
-        raise ConfigError(
-            format_validation_error(exc, cls.Params, prefix="strategy.params")
-        ) from None
 
 
 def run_search(
@@ -85,11 +63,9 @@ def run_search(
     from automl_hiap.data import build_datasets
 
     out = Path(out)
-    strategy = build_strategy(config, strategy_name)
-    torch.manual_seed(config.train.seed)
-    m = config.model
-    model = create_model(m.name, dict(m.kwargs), m.checkpoint, m.pretrained)
-    spec = ModelSpec(m.name, dict(m.kwargs))
+    plan = resolve(config, strategy_name, budget)
+    config, model, space, dense = plan.config, plan.model, plan.space, plan.dense
+    strategy, spec, target = plan.strategy, plan.spec, plan.target_macs
     data = build_datasets(config.data, seed=config.train.seed)
     classes = getattr(model, "num_classes", None)
     if classes is not None and classes != data.num_classes:
@@ -97,24 +73,12 @@ def run_search(
             f"model.kwargs.num_classes: the model predicts {classes} classes, "
             f"the data has {data.num_classes}"
         )
-    space = SearchSpace.from_model(model, config.space.units, config.space.constraints)
-    dense = dense_cost(space)
-    budget = budget if budget is not None else config.budget
-    target = None
-    if budget is not None:
-        try:
-            target = budget.target_macs(dense.macs)
-        except ValueError as exc:
-            raise UserError(f"budget: {exc}") from None
-    elif strategy.needs_budget:
-        raise UserError(f"budget: strategy {strategy.name!r} needs a budget (e.g. --budget 0.5)")
 
     trainer = Trainer(
         config.train, data.train, data.val, checkpoint_dir=out / "checkpoints", progress=progress
     )
     trainer.listeners.extend(listeners)
-    has_weights = m.checkpoint is not None or m.pretrained
-    if not has_weights:
+    if not plan.has_weights:
         if config.train.dense_epochs == 0:
             raise UserError(
                 "model.checkpoint: the model has no weights; give a checkpoint, set "
@@ -157,44 +121,35 @@ def run_search(
                 {"dense": dense_model, "pruned": pruned}, config.data.image_size, measure_batch
             )
         )
-    metrics: dict[str, Any] = {
-        "strategy": strategy.name,
-        "params_config": strategy.params.model_dump(),
-        "budget": None if budget is None else str(budget),
-        "target_macs": target,
-        "dense": {
-            "top1": dense_test["top1"],
-            "val_top1": dense_val["top1"],
-            "macs": dense.macs,
-            "params": dense.params,
-            "images_per_s": speed["dense"],
-        },
-        "pruned": {
-            "top1": pruned_test["top1"],
-            "val_top1": pruned_val["top1"],
-            "macs": cost.macs,
-            "params": cost.params,
-            "images_per_s": speed["pruned"],
-        },
-        "macs_ratio": cost.macs / dense.macs,
-        "speedup": None
-        if speed["pruned"] is None or speed["dense"] is None
-        else speed["pruned"] / speed["dense"],
-        "measure_batch": measure_batch,
-        "search_seconds": search_seconds,
-        "strategy_metrics": result.metrics,
-        "structure": subnet.describe(),
-    }
+    dense_speed, pruned_speed = speed["dense"], speed["pruned"]
+    metrics = SearchMetrics(
+        strategy=strategy.name,
+        params_config=strategy.params.model_dump(),
+        budget=None if config.budget is None else str(config.budget),
+        target_macs=target,
+        dense=ModelMetrics(
+            dense_test["top1"], dense_val["top1"], dense.macs, dense.params, dense_speed
+        ),
+        pruned=ModelMetrics(
+            pruned_test["top1"], pruned_val["top1"], cost.macs, cost.params, pruned_speed
+        ),
+        macs_ratio=cost.macs / dense.macs,
+        speedup=None if pruned_speed is None or dense_speed is None else pruned_speed / dense_speed,
+        measure_batch=measure_batch,
+        search_seconds=search_seconds,
+        strategy_metrics=result.metrics,
+        structure=subnet.describe(),
+    )
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         subnet.save(out / "subnet.json")
         save(pruned, out / "model")
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        metrics.write(out / "metrics.json")
         structure_plot(
             space,
             subnet,
             out / "structure.png",
-            title=f"{m.name} · {strategy.name} · {format_macs(cost.macs)} MACs",
+            title=f"{config.model.name} · {strategy.name} · {format_macs(cost.macs)} MACs",
         )
     return SearchReport(out=out, subnet=subnet, metrics=metrics)
 
@@ -226,20 +181,20 @@ def evaluate_export(folder: str | Path, config: SearchConfig, batch: int = 64) -
 def summary(report: SearchReport) -> str:
     """The lines the CLI prints after a search."""
     m = report.metrics
-    d, p = m["dense"], m["pruned"]
+    d, p = m.dense, m.pruned
     lines = [
-        f"strategy {m['strategy']}   budget {m['budget']}   output {report.out}",
+        f"strategy {m.strategy}   budget {m.budget}   output {report.out}",
         f"{'':8s} {'top-1':>8s} {'MACs':>10s} {'params':>10s} {'img/s':>9s}",
-        f"{'dense':8s} {d['top1']:8.2%} {format_macs(d['macs']):>10s} "
-        f"{d['params'] / 1e6:9.3f}M {d['images_per_s']:9.1f}",
-        f"{'pruned':8s} {p['top1']:8.2%} {format_macs(p['macs']):>10s} "
-        f"{p['params'] / 1e6:9.3f}M {p['images_per_s']:9.1f}",
-        f"MACs {m['macs_ratio']:.1%} of dense, measured speed-up {m['speedup']:.2f}x "
-        f"(batch {m['measure_batch']})",
+        f"{'dense':8s} {d.top1:8.2%} {format_macs(d.macs):>10s} "
+        f"{d.params / 1e6:9.3f}M {d.images_per_s:9.1f}",
+        f"{'pruned':8s} {p.top1:8.2%} {format_macs(p.macs):>10s} "
+        f"{p.params / 1e6:9.3f}M {p.images_per_s:9.1f}",
+        f"MACs {m.macs_ratio:.1%} of dense, measured speed-up {m.speedup:.2f}x "
+        f"(batch {m.measure_batch})",
         "",
         "layer  heads  q/k dims per head        v dims per head          neurons",
     ]
-    for i, layer in enumerate(m["structure"]):
+    for i, layer in enumerate(m.structure):
         lines.append(
             f"{i:5d}  {layer['heads']:5d}  {layer['qk_dims']!s:24s} "
             f"{layer['v_dims']!s:24s} {layer['neurons']:7d}"

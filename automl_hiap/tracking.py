@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from torch import nn
 
-    from automl_hiap.search import SearchReport
+    from automl_hiap.outcome import SearchReport
     from automl_hiap.space import SearchSpace
     from automl_hiap.trainer import EpochEnd
 
@@ -351,15 +351,15 @@ class Tracker:
         tags = {
             "base_model": config.model.name,
             "dataset": config.data.format,
-            "strategy": metrics["strategy"],
-            "budget": str(metrics["budget"]),
-            "top1": repr(float(metrics["pruned"]["top1"])),
-            "macs": str(int(metrics["pruned"]["macs"])),
-            "params": str(int(metrics["pruned"]["params"])),
-            "macs_ratio": f"{metrics['macs_ratio']:.6f}",
+            "strategy": metrics.strategy,
+            "budget": str(metrics.budget),
+            "top1": repr(float(metrics.pruned.top1)),
+            "macs": str(int(metrics.pruned.macs)),
+            "params": str(int(metrics.pruned.params)),
+            "macs_ratio": f"{metrics.macs_ratio:.6f}",
         }
-        if metrics.get("speedup") is not None:  # None: not measured (e.g. tune.measure: false)
-            tags["speedup"] = f"{metrics['speedup']:.4f}"
+        if metrics.speedup is not None:  # None: not measured (e.g. tune.measure: false)
+            tags["speedup"] = f"{metrics.speedup:.4f}"
         if config.data.root is not None:
             tags["dataset_root"] = config.data.root
         model_id = (
@@ -375,10 +375,10 @@ class Tracker:
                 version = self.client.create_model_version(
                     name, model_uri, run_id=run_id, tags=tags, model_id=model_id
                 ).version
-            budget = None if metrics["budget"] is None else parse_budget(metrics["budget"])
+            budget = None if metrics.budget is None else parse_budget(metrics.budget)
             aliases = ["champion"] + ([budget_alias(budget)] if budget is not None else [])
             for alias in aliases:
-                if self._earns(name, alias, float(metrics["pruned"]["top1"])):
+                if self._earns(name, alias, float(metrics.pruned.top1)):
                     self.client.set_registered_model_alias(name, alias, version)
             return self.client.get_model_version(name, version)
 
@@ -412,7 +412,8 @@ class Run:
         with self._errors("logging params"):
             self.client.log_batch(self.id, params=flat)
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+    def log_metrics(self, metrics: Mapping[str, float | None], step: int = 0) -> None:
+        """Log the numbers of ``metrics`` (a None, e.g. an unmeasured speed, is left out)."""
         now = int(time.time() * 1000)
         batch = [
             Metric(key, float(value), now, step)
@@ -475,15 +476,9 @@ class Run:
 
     def _space_of_config(self) -> SearchSpace | None:
         if self._space is None and self.config is not None:
-            import torch
+            from automl_hiap.plan import resolve
 
-            from automl_hiap.models import ModelSpec
-            from automl_hiap.space import SearchSpace
-
-            m, space = self.config.model, self.config.space
-            with torch.device("meta"):  # shapes only: no memory, no weights
-                model = ModelSpec(m.name, dict(m.kwargs)).create()
-            self._space = SearchSpace.from_model(model, space.units, space.constraints)
+            self._space = resolve(self.config, meta=True, check_budget=False).space
         return self._space
 
     def log_search(
@@ -494,20 +489,20 @@ class Run:
         the tracker has a registered-model name. Returns the registered version (or None)."""
         m = report.metrics
         final = {
-            "top1": m["pruned"]["top1"],
-            "macs": m["pruned"]["macs"],
-            "params": m["pruned"]["params"],
-            "images_per_s": m["pruned"]["images_per_s"],
-            "dense_top1": m["dense"]["top1"],
-            "dense_macs": m["dense"]["macs"],
-            "dense_params": m["dense"]["params"],
-            "dense_images_per_s": m["dense"]["images_per_s"],
-            "macs_ratio": m["macs_ratio"],
-            "speedup": m["speedup"],
+            "top1": m.pruned.top1,
+            "macs": m.pruned.macs,
+            "params": m.pruned.params,
+            "images_per_s": m.pruned.images_per_s,
+            "dense_top1": m.dense.top1,
+            "dense_macs": m.dense.macs,
+            "dense_params": m.dense.params,
+            "dense_images_per_s": m.dense.images_per_s,
+            "macs_ratio": m.macs_ratio,
+            "speedup": m.speedup,
         }
-        final.update({f"strategy/{k}": v for k, v in (m.get("strategy_metrics") or {}).items()})
+        final.update({f"strategy/{k}": v for k, v in m.strategy_metrics.items()})
         self.log_metrics(final)
-        self.set_tags({f"{TAG}strategy": m["strategy"], f"{TAG}base_model": config.model.name})
+        self.set_tags({f"{TAG}strategy": m.strategy, f"{TAG}base_model": config.model.name})
         for name in ("subnet.json", "metrics.json", "structure.png"):
             if (report.out / name).is_file():
                 self.log_artifact(report.out / name)
@@ -590,9 +585,9 @@ def resolved_params(
 ) -> dict[str, Any]:
     """The config a search really runs with: the strategy's params with their defaults, the
     effective budget, and no ``tracking`` section (its URI may hold credentials)."""
-    from automl_hiap.search import build_strategy
+    from automl_hiap.plan import build_strategy, effective_config
 
-    strategy = build_strategy(config, strategy_name)
+    strategy = build_strategy(effective_config(config, strategy_name))
     data = config.model_dump(mode="json", exclude={"tracking"})
     budget = budget if budget is not None else config.budget
     data["budget"] = None if budget is None else str(budget)

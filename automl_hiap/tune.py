@@ -79,10 +79,11 @@ from pydantic import ValidationError
 from automl_hiap import plugins
 from automl_hiap.budget import Budget, format_macs
 from automl_hiap.config import SearchConfig, TuneConfig, TuneRange
-from automl_hiap.cost import dense_cost, subnet_cost
+from automl_hiap.cost import subnet_cost
 from automl_hiap.errors import ConfigError, UserError
-from automl_hiap.models import create_model
-from automl_hiap.search import Scores, SearchReport, run_search
+from automl_hiap.outcome import SearchReport
+from automl_hiap.plan import effective_config, resolve
+from automl_hiap.search import Scores, run_search
 from automl_hiap.space import SearchSpace
 from automl_hiap.strategy import Strategy
 from automl_hiap.trainer import (
@@ -546,19 +547,19 @@ class _Objective:
     def _result(self, report: SearchReport) -> dict[str, Any]:
         """What the study records of a finished search (``tune.json`` is built from it)."""
         metrics = report.metrics
-        pruned, dense = metrics["pruned"], metrics["dense"]
+        pruned, dense = metrics.pruned, metrics.dense
         return {
-            "val_top1": pruned["val_top1"],
-            "test_top1": pruned["top1"],
-            "macs": pruned["macs"],
-            "params": pruned["params"],
-            "macs_ratio": metrics["macs_ratio"],
-            "speedup": metrics["speedup"],
-            "dense_val_top1": dense["val_top1"],
-            "dense_test_top1": dense["top1"],
-            "dense_macs": dense["macs"],
-            "dense_params": dense["params"],
-            **self._target_fields(pruned["macs"]),
+            "val_top1": pruned.val_top1,
+            "test_top1": pruned.top1,
+            "macs": pruned.macs,
+            "params": pruned.params,
+            "macs_ratio": metrics.macs_ratio,
+            "speedup": metrics.speedup,
+            "dense_val_top1": dense.val_top1,
+            "dense_test_top1": dense.top1,
+            "dense_macs": dense.macs,
+            "dense_params": dense.params,
+            **self._target_fields(pruned.macs),
         }
 
     def _target_fields(self, macs: float | None) -> dict[str, Any]:
@@ -739,13 +740,8 @@ def run_tune(
     head = f"{source}: " if source else ""
     if settings is None:
         raise ConfigError(f"{head}tune: missing section (e.g. tune: {{params: {{lr: ...}}}})")
+    config = effective_config(config, strategy_name, budget).model_copy(update={"tune": settings})
     strategy = config.strategy
-    if strategy_name is not None:  # like search: the file's params go to the named strategy
-        strategy = strategy.model_copy(update={"name": strategy_name})
-    update: dict[str, Any] = {"strategy": strategy, "tune": settings}
-    if budget is not None:
-        update["budget"] = budget
-    config = config.model_copy(update=update)
     strategy_cls = plugins.get(strategy.name)
 
     pruner = settings.pruner or ("none" if settings.pareto else "median")
@@ -762,16 +758,8 @@ def run_tune(
             "budget: the budget mode of tune needs a budget (--budget 0.5), or use --pareto"
         )
 
-    m = config.model
-    model = create_model(m.name, dict(m.kwargs), m.checkpoint, m.pretrained)
-    space = SearchSpace.from_model(model, config.space.units, config.space.constraints)
-    dense = dense_cost(space).macs
-    target = None
-    if config.budget is not None:
-        try:
-            target = config.budget.target_macs(dense)
-        except ValueError as exc:
-            raise UserError(f"budget: {exc}") from None
+    run = resolve(config, check_budget=False)
+    space, dense, target = run.space, run.dense.macs, run.target_macs
 
     storage_spec = settings.storage or default_storage(out, settings.workers)
     if settings.workers > 1 and _is_sqlite(storage_spec):

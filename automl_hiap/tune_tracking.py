@@ -40,7 +40,6 @@ Choices:
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 import uuid
 from collections import Counter
@@ -53,7 +52,7 @@ import optuna
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from automl_hiap.config import SearchConfig
-from automl_hiap.search import SearchReport
+from automl_hiap.outcome import SearchMetrics, SearchReport
 from automl_hiap.subnet import Subnet
 from automl_hiap.tracking import TAG, Run, Tracker, TrackingError, _store_errors
 from automl_hiap.tune import BUDGET_PARAM, TuneHooks, failure_reason
@@ -162,8 +161,8 @@ class TrackingHooks(TuneHooks):
                 if done:  # an earlier command registered this trial already
                     return client.get_model_version(name, done[0].version)
             with tempfile.TemporaryDirectory() as scratch:
-                metrics = json.loads(
-                    Path(client.download_artifacts(run_id, "metrics.json", scratch)).read_text()
+                metrics = SearchMetrics.read(
+                    client.download_artifacts(run_id, "metrics.json", scratch)
                 )
                 subnet = Subnet.load(client.download_artifacts(run_id, "subnet.json", scratch))
         assert self._config is not None

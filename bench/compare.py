@@ -72,7 +72,7 @@ def run_one(
     report = run_search(
         config, folder, strategy, parse_budget(str(budget)), progress=False, listeners=[log_epoch]
     )
-    metrics = report.metrics | {"wall_seconds": time.perf_counter() - started}
+    metrics = report.metrics.to_json() | {"wall_seconds": time.perf_counter() - started}
     done.write_text(json.dumps(metrics, indent=1))
     return metrics
 
@@ -85,18 +85,16 @@ def run_peer(
 
     from automl_hiap.data import build_datasets
     from automl_hiap.measure import throughput
-    from automl_hiap.models import create_model
+    from automl_hiap.plan import resolve
     from automl_hiap.trainer import Trainer
 
     started = time.perf_counter()
-    config = load_config(space, overrides)
-    m = config.model
-    torch.manual_seed(config.train.seed)
-    model = create_model(m.name, dict(m.kwargs), m.checkpoint, m.pretrained).eval()
+    plan = resolve(load_config(space, overrides), check_budget=False)
+    config, model = plan.config, plan.model.eval()
     data = build_datasets(config.data, seed=config.train.seed)
     trainer = Trainer(config.train, data.train, data.val, folder / "checkpoints")
     trainer.listeners.append(log_epoch)
-    if m.checkpoint is None and not m.pretrained:  # as `search` does for weightless spaces
+    if not plan.has_weights:  # as `search` does for weightless spaces
         trainer.fit(model, config.train.dense_epochs, phase="dense")
         model.eval()
     if config.train.distill is not None:

@@ -142,14 +142,14 @@ def bench_budget(args: argparse.Namespace, fraction: float) -> dict[str, Any]:
             progress=False,
             measure_batch=None,
         )
-        pruned = single.metrics["pruned"]
-        target = single.metrics["target_macs"]
+        pruned, target = single.metrics.pruned, single.metrics.target_macs
+        assert target is not None  # a budget was given
         row["single"] = {
-            "distance": pruned["macs"] / target - 1,
-            "val_top1": pruned["val_top1"],
-            "test_top1": pruned["top1"],
-            "macs": pruned["macs"],
-            "params": single.metrics["params_config"],
+            "distance": pruned.macs / target - 1,
+            "val_top1": pruned.val_top1,
+            "test_top1": pruned.top1,
+            "macs": pruned.macs,
+            "params": single.metrics.params_config,
             "minutes": (time.perf_counter() - start) / 60,
         }
     return row

@@ -123,14 +123,14 @@ def test_a_shared_cache_scores_the_dense_model_once(tmp_path: Path, monkeypatch)
     first = run_search(
         config, tmp_path / "a", progress=False, measure_batch=None, dense_scores=cache
     )
-    dense_params = first.metrics["dense"]["params"]
+    dense_params = first.metrics.dense.params
     assert scored_on_test.count(dense_params) == 1 and len(cache) == 1
     scored_on_test.clear()
     again = run_search(
         config, tmp_path / "b", progress=False, measure_batch=None, dense_scores=cache
     )
-    assert scored_on_test == [again.metrics["pruned"]["params"]]  # only the pruned model
-    assert again.metrics["dense"] == first.metrics["dense"]
+    assert scored_on_test == [again.metrics.pruned.params]  # only the pruned model
+    assert again.metrics.dense == first.metrics.dense
 
     other_split = load_config("test_vit.yaml", [*FAST, "data.val_fraction=0.2"])
     run_search(other_split, tmp_path / "c", progress=False, measure_batch=None, dense_scores=cache)

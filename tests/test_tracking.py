@@ -27,7 +27,7 @@ from automl_hiap import search
 from automl_hiap.cli import main
 from automl_hiap.config import load_config
 from automl_hiap.cost import subnet_cost
-from automl_hiap.search import SearchReport
+from automl_hiap.outcome import SearchMetrics, SearchReport
 from automl_hiap.space import SearchSpace
 from automl_hiap.subnet import Subnet, random_subnet
 from automl_hiap.tracking import Tracker, budget_alias, use_store
@@ -182,7 +182,7 @@ def test_aliases_follow_the_latest_best_version(local_store) -> None:
 
     def register(top1: float, budget: str) -> str:
         changed = {**metrics, "budget": budget, "pruned": {**metrics["pruned"], "top1": top1}}
-        report = SearchReport(root / "run", subnet, changed)
+        report = SearchReport(root / "run", subnet, SearchMetrics.from_json(changed))
         return tracker.register(source, report, config, "aliases").version
 
     first = register(0.5, "0.5")

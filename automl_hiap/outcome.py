@@ -1,0 +1,71 @@
+"""What a search produced, as typed, frozen objects; their JSON is the output's ``metrics.json``.
+
+Everything downstream of a search (the CLI summary, the tuner's objective, MLflow metrics and
+registry tags, the benchmarks) reads these fields; the JSON layout is the user-facing contract
+and stays as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from automl_hiap.subnet import Subnet
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """One model (dense or pruned) as the search measured it."""
+
+    top1: float  # on the test split
+    val_top1: float  # on the held-out val split (what selection may look at)
+    macs: int
+    params: int
+    images_per_s: float | None  # None when the measurement was skipped
+
+
+@dataclass(frozen=True)
+class SearchMetrics:
+    """Dense vs pruned, and how the search got there (``metrics.json``)."""
+
+    strategy: str
+    params_config: dict[str, Any]
+    budget: str | None
+    target_macs: float | None
+    dense: ModelMetrics
+    pruned: ModelMetrics
+    macs_ratio: float
+    speedup: float | None
+    measure_batch: int | None
+    search_seconds: float
+    strategy_metrics: dict[str, float] = field(default_factory=dict)
+    structure: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SearchMetrics:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["dense"] = ModelMetrics(**data["dense"])
+        values["pruned"] = ModelMetrics(**data["pruned"])
+        return cls(**values)
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+
+    @classmethod
+    def read(cls, path: str | Path) -> SearchMetrics:
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class SearchReport:
+    """A finished search: its output folder, decision and metrics."""
+
+    out: Path
+    subnet: Subnet
+    metrics: SearchMetrics
