@@ -214,7 +214,7 @@ class Tracker:
             tags[MLFLOW_PARENT_RUN_ID] = parent
         if self.uri != self.intended_uri:
             tags[f"{TAG}intended_tracking_uri"] = self.intended_uri
-        with _store_errors(self.uri, "starting a run"):
+        with store_errors(self.uri, "starting a run"):
             run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
         return Run(self, run.info.run_id)
 
@@ -234,7 +234,7 @@ class Tracker:
             except Exception:
                 pass  # the original error matters more than a failed status update
             raise
-        with _store_errors(self.uri, "ending the run"):
+        with store_errors(self.uri, "ending the run"):
             self.client.set_terminated(run.id, "FINISHED")
 
     @contextmanager
@@ -256,7 +256,7 @@ class Tracker:
             marker.write_text(json.dumps({"tracking_uri": self.uri, "run_id": run.id}))
         else:
             run.config = config
-            with _store_errors(self.uri, "resuming the run"):
+            with store_errors(self.uri, "resuming the run"):
                 self.client.update_run(run.id, status="RUNNING")
         with self._running(run):
             yield run
@@ -292,7 +292,7 @@ class Tracker:
                 run.set_tags({f"{TAG}study_key": key})
             run.log_params(params or {})
         else:
-            with _store_errors(self.uri, "resuming the study run"):
+            with store_errors(self.uri, "resuming the study run"):
                 self.client.update_run(run.id, status="RUNNING")
         previous, self._study_id = self._study_id, run.id
         try:
@@ -307,7 +307,7 @@ class Tracker:
         query = f"tags.`{TAG}kind` = 'study' and tags.`{MLFLOW_RUN_NAME}` = '{name}'"
         if key is not None:
             query += f" and tags.`{TAG}study_key` = '{key}'"
-        with _store_errors(self.uri, "looking up the study run"):
+        with store_errors(self.uri, "looking up the study run"):
             found = self.client.search_runs(
                 [self.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
             )
@@ -328,7 +328,7 @@ class Tracker:
         if parent is None:
             raise RuntimeError("trial_run() needs an open study_run() or a parent_id")
         run = self._create(f"trial-{number}", "trial", parent=parent)
-        with _store_errors(self.uri, "logging the trial"):
+        with store_errors(self.uri, "logging the trial"):
             self.client.set_tag(run.id, f"{TAG}trial", str(number))
         run.log_params(params)
         if config is not None:
@@ -365,7 +365,7 @@ class Tracker:
         model_id = (
             model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
         )
-        with _store_errors(self.uri, f"registering model {name!r}"):
+        with store_errors(self.uri, f"registering model {name!r}"):
             try:
                 self.client.create_registered_model(name)
             except MlflowException as exc:
@@ -404,7 +404,7 @@ class Run:
         return self.tracker.client
 
     def _errors(self, action: str) -> Any:
-        return _store_errors(self.tracker.uri, action)
+        return store_errors(self.tracker.uri, action)
 
     # ---------------------------------------------------------------- logging
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -572,7 +572,7 @@ def use_store(uri: str) -> Iterator[None]:
 
 
 @contextmanager
-def _store_errors(uri: str, action: str) -> Iterator[None]:
+def store_errors(uri: str, action: str) -> Iterator[None]:
     """Store failures as one line (a search stopped here resumes when run again)."""
     try:
         yield

@@ -54,7 +54,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from automl_hiap.config import SearchConfig
 from automl_hiap.outcome import SearchMetrics, SearchReport
 from automl_hiap.subnet import Subnet
-from automl_hiap.tracking import TAG, Run, Tracker, TrackingError, _store_errors
+from automl_hiap.tracking import TAG, Run, Tracker, TrackingError, store_errors
 from automl_hiap.tune import BUDGET_PARAM, TuneHooks, failure_reason
 from automl_hiap.tune_results import TuneReport
 
@@ -113,7 +113,7 @@ class TrackingHooks(TuneHooks):
             reason = trial.user_attrs.get("fail_reason")
             if reason:
                 run.set_tags({f"{TAG}fail_reason": reason})
-            with _store_errors(self.tracker.uri, "ending a lost trial run"):
+            with store_errors(self.tracker.uri, "ending a lost trial run"):
                 self.tracker.client.set_terminated(run.id, _STATUS[trial.state.name])
 
     def study_finished(self, report: TuneReport) -> None:
@@ -155,7 +155,7 @@ class TrackingHooks(TuneHooks):
             return None
         run_id = found[0].info.run_id
         client = self.tracker.client
-        with _store_errors(self.tracker.uri, f"registering model {name!r}"):
+        with store_errors(self.tracker.uri, f"registering model {name!r}"):
             if "'" not in name:
                 done = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
                 if done:  # an earlier command registered this trial already
@@ -171,7 +171,7 @@ class TrackingHooks(TuneHooks):
         return self.tracker.register(model_uri, report, self._config, name, run_id=run_id)
 
     def _search(self, query: str) -> list[Any]:
-        with _store_errors(self.tracker.uri, "looking up runs"):
+        with store_errors(self.tracker.uri, "looking up runs"):
             return list(
                 self.tracker.client.search_runs(
                     [self.tracker.experiment_id], query, order_by=["attributes.start_time DESC"]
