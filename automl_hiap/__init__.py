@@ -8,9 +8,10 @@ from automl_hiap.budget import Budget, parse_budget  # noqa: E402
 from automl_hiap.cost import Cost, dense_cost, expected_macs, expected_params, subnet_cost  # noqa: E402
 from automl_hiap.errors import ConfigError, UserError  # noqa: E402
 from automl_hiap.masking import Masks  # noqa: E402
-from automl_hiap.model_files import load, save  # noqa: E402  (load: folders, files, URIs)
+from automl_hiap.model_files import save  # noqa: E402
 from automl_hiap.models import ModelSpec  # noqa: E402
 from automl_hiap.slicing import slice_subnet  # noqa: E402
+from automl_hiap.sources import load  # noqa: E402  (folders, files, models:/ and runs:/ URIs)
 from automl_hiap.space import BlockKeep, SearchSpace, Unit  # noqa: E402
 from automl_hiap.subnet import HeadKeep, LayerKeep, Subnet  # noqa: E402
 

@@ -284,8 +284,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from automl_hiap.export_formats import FORMATS, TOLERANCE, export_to
-    from automl_hiap.model_files import load
     from automl_hiap.pull import is_uri
+    from automl_hiap.sources import load
 
     out = args.out
     if out is None:

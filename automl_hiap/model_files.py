@@ -112,19 +112,7 @@ def find_export(path: Path) -> Path:
     return found[0]
 
 
-def load_local(path: Path) -> nn.Module:
-    """A model from a local file or folder (see the module docstring)."""
+def load(path: str | Path) -> nn.Module:
+    """A model from a local ``.safetensors`` file or export folder (or a folder holding one)."""
+    path = Path(path)
     return load_safetensors(path) if path.is_file() else load_folder(find_export(path))
-
-
-def load(source: str | Path, tracking_uri: str | None = None) -> nn.Module:
-    """The pruned model at ``source``, in eval mode: a local folder or ``.safetensors`` file, or
-    an MLflow URI (``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/ID/model``), which
-    ``tracking_uri`` resolves (default: ``MLFLOW_TRACKING_URI``, else MLflow's default)."""
-    path = Path(source)
-    if path.exists():
-        return load_local(path)
-    from automl_hiap.pull import fetched  # MLflow, only for a remote source
-
-    with fetched(source, tracking_uri) as local:
-        return load_local(local)
