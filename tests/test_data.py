@@ -8,6 +8,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -17,6 +18,9 @@ from PIL import Image
 from automl_hiap import data
 from automl_hiap.config import DataConfig
 from automl_hiap.data import CIFAR10_CLASSES, TensorImageDataset, build_datasets, load_split
+from automl_hiap.data import images as data_images
+from automl_hiap.data.formats import FORMATS
+from automl_hiap.data.splits import stratified_pick
 from automl_hiap.errors import UserError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -37,7 +41,7 @@ def forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded again instead of using the cache")
 
-    monkeypatch.setattr(data, "_decode", fail)
+    monkeypatch.setattr(data_images, "decode_image", fail)
 
 
 def indices(dataset: object) -> set[int]:
@@ -84,13 +88,27 @@ def tar_members(
 
 def test_stratified_pick_is_exact_proportional_and_seeded() -> None:
     labels = np.repeat(np.arange(4), [50, 30, 15, 5])
-    picked, rest = data._stratified_pick(labels, 20, np.random.default_rng(3))
+    picked, rest = stratified_pick(labels, 20, np.random.default_rng(3))
     assert len(picked) == 20 and len(rest) == 80
     assert set(picked) | set(rest) == set(range(100)) and not set(picked) & set(rest)
     assert np.bincount(labels[picked], minlength=4).tolist() == [10, 6, 3, 1]
-    again, _ = data._stratified_pick(labels, 20, np.random.default_rng(3))
-    other, _ = data._stratified_pick(labels, 20, np.random.default_rng(4))
+    again, _ = stratified_pick(labels, 20, np.random.default_rng(3))
+    other, _ = stratified_pick(labels, 20, np.random.default_rng(4))
     assert again.tolist() == picked.tolist() and other.tolist() != picked.tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# The format table
+
+
+def test_every_configurable_format_has_exactly_one_table_entry() -> None:
+    assert set(FORMATS) == set(get_args(DataConfig.model_fields["format"].annotation))
+
+
+def test_load_split_refuses_lazily_decoded_formats(tmp_path: Path) -> None:
+    config = DataConfig(format="imagefolder", root=str(tmp_path))
+    with pytest.raises(ValueError, match=r"^load_split: imagefolder data is decoded lazily"):
+        load_split(config, "train")
 
 
 # ---------------------------------------------------------------------------------------------
