@@ -56,8 +56,8 @@ def _attention(
     """SDPA with q/k and v padded with zeros to one width, then the output cut back.
 
     CPU's fused SDPA kernels need equal q/k and v head widths; otherwise a much slower generic
-    path runs (40 ms vs 15 ms for 32/48-wide heads, batch 64, 197 tokens). Zero columns add
-    nothing to q·k, and zero v columns only add zero outputs, so this is exact.
+    path runs (measured in bench/results/export_speed.md). Zero columns add nothing to q·k,
+    and zero v columns only add zero outputs, so this is exact.
     """
     qk_width, v_width = q.shape[-1], v.shape[-1]
     if qk_width < v_width:
