@@ -7,15 +7,26 @@ and its import then dies registering fake kernels for ``torchvision::nms`` and
 first lets torchvision (and so timm) import; its compiled ops stay unavailable, which timm's
 ViTs never use. On a normal install (CUDA torch, or a torchvision whose library loads) this
 does nothing.
+
+This is the only place that touches torchvision. ``import automl_hiap`` installs
+:func:`install_torchvision_hook`, which costs nothing until something (timm) imports
+torchvision; only then is torch consulted and, where torchvision's library cannot load, the
+two schemas defined.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import os
 import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 _OP_SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -26,6 +37,8 @@ _library: torch.library.Library | None = None  # kept alive: dropping it would u
 
 def torchvision_ops_loadable() -> bool:
     """True when torchvision is absent, imported, or its compiled library loads."""
+    import torch
+
     if "torchvision" in sys.modules:
         return True
     spec = importlib.util.find_spec("torchvision")
@@ -47,6 +60,8 @@ def ensure_torchvision_importable() -> bool:
 
     Returns True when the schemas were defined by this call.
     """
+    import torch
+
     global _library
     if _library is not None or torch.version.cuda is not None or torchvision_ops_loadable():
         return False
@@ -57,3 +72,32 @@ def ensure_torchvision_importable() -> bool:
         if not hasattr(torch.ops.torchvision, name):
             _library.define(schema)
     return True
+
+
+class _TorchvisionHook(importlib.abc.MetaPathFinder):
+    """Runs :func:`ensure_torchvision_importable` right before torchvision's first import,
+    then steps aside (it finds nothing itself: the normal finders import torchvision)."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname == "torchvision":
+            remove_torchvision_hook()  # before the check, which looks torchvision up itself
+            ensure_torchvision_importable()
+        return None
+
+
+_HOOK = _TorchvisionHook()
+
+
+def install_torchvision_hook() -> None:
+    """Make torchvision importable on first use (now, if it is imported already)."""
+    if "torchvision" in sys.modules:
+        return
+    if _HOOK not in sys.meta_path:
+        sys.meta_path.insert(0, _HOOK)
+
+
+def remove_torchvision_hook() -> None:
+    if _HOOK in sys.meta_path:
+        sys.meta_path.remove(_HOOK)

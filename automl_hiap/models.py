@@ -6,14 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from torch import nn
 
-from automl_hiap import _compat
 from automl_hiap.errors import UserError
-
-_compat.ensure_torchvision_importable()
-import timm  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -73,3 +73,43 @@ def test_loadable_torchvision_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(torch.version, "cuda", None)
     monkeypatch.setattr(_compat, "torchvision_ops_loadable", lambda: True)
     assert _compat.ensure_torchvision_importable() is False
+
+
+def test_importing_the_package_loads_neither_torch_nor_torchvision() -> None:
+    result = run_python(
+        """
+        import sys, automl_hiap, automl_hiap.cli
+        print(sorted({"torch", "timm", "torchvision"} & set(sys.modules)))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]"]
+
+
+def test_the_hook_runs_the_fix_before_torchvision_and_then_steps_aside() -> None:
+    result = run_python(
+        """
+        import sys
+        from automl_hiap import _compat
+        calls, real = [], _compat.ensure_torchvision_importable
+        def spy():
+            calls.append("torchvision" in sys.modules)
+            return real()
+        _compat.ensure_torchvision_importable = spy
+        _compat.install_torchvision_hook()
+        import torchvision
+        print(calls, _compat._HOOK in sys.meta_path)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[False]", "False"]  # once, before torchvision, then gone
+
+
+def test_public_names_resolve_lazily_and_match_all() -> None:
+    import automl_hiap
+
+    assert sorted(automl_hiap.__all__) == sorted(automl_hiap._HOME_OF)
+    for name in automl_hiap.__all__:
+        assert getattr(automl_hiap, name).__module__ == automl_hiap._HOME_OF[name]
+    with pytest.raises(AttributeError, match="no_such_name"):
+        automl_hiap.no_such_name  # noqa: B018
