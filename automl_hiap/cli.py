@@ -202,7 +202,7 @@ def _run_tune(args: argparse.Namespace, config: Any, budget: Any, flags: dict[st
     from automl_hiap.tracking import open_tracker
     from automl_hiap.trainer import is_main_process
     from automl_hiap.tune import run_tune
-    from automl_hiap.tune_results import summary
+    from automl_hiap.tune.results import summary
 
     if config.tune is None:
         raise ConfigError(
@@ -216,7 +216,7 @@ def _run_tune(args: argparse.Namespace, config: Any, budget: Any, flags: dict[st
     )
     hooks = None
     if tracker is not None:
-        from automl_hiap.tune_tracking import TrackingHooks
+        from automl_hiap.tune.tracking import TrackingHooks
 
         hooks = TrackingHooks(tracker)
     report = run_tune(
@@ -274,7 +274,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_pull(args: argparse.Namespace) -> None:
-    from automl_hiap.pull import pull
+    from automl_hiap.tracking.pull import pull
 
     out = pull(args.source, args.out, args.tracking_uri)
     print(f"{args.source} -> {out}")
@@ -284,8 +284,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from automl_hiap.export_formats import FORMATS, TOLERANCE, export_to
-    from automl_hiap.pull import is_uri
     from automl_hiap.sources import load
+    from automl_hiap.tracking.pull import is_uri
 
     out = args.out
     if out is None:

@@ -19,7 +19,7 @@ def load(source: str | Path, tracking_uri: str | None = None) -> nn.Module:
     resolves a URI (default: ``MLFLOW_TRACKING_URI``, else MLflow's default)."""
     if Path(source).exists():
         return model_files.load(source)
-    from automl_hiap.pull import fetched  # MLflow, only for a remote source
+    from automl_hiap.tracking.pull import fetched  # MLflow, only for a remote source
 
     with fetched(source, tracking_uri) as local:
         return model_files.load(local)

@@ -1,9 +1,14 @@
-"""`automl_hiap.load` / `pull` on local sources (registry URIs: tests/test_tracking.py)."""
+"""`automl_hiap.load` / `pull` on local sources, also with MLflow unimportable (registry URIs:
+tests/test_tracking.py)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,3 +57,69 @@ def test_bad_sources_are_one_line_errors(tmp_path: Path, saved) -> None:
     ah.save(pruned, tmp_path / "search" / "other")
     with pytest.raises(UserError, match="several exported models"):
         ah.load(tmp_path / "search")
+
+
+# A fresh interpreter in which any import of mlflow raises (and is recorded, in case something
+# swallows the error) loads a folder and a one-file export, exports a folder from the CLI, and
+# asks for a missing path; none of that may import MLflow or, for a local source, the tracking
+# package at all.
+NO_MLFLOW_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    attempts = []
+
+    class NoMlflow(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "mlflow" or name.startswith("mlflow."):
+                attempts.append(name)
+                raise ImportError(f"{name}: blocked by the test")
+            return None
+
+    sys.meta_path.insert(0, NoMlflow())
+
+    import numpy as np, torch
+    import automl_hiap
+    from automl_hiap.cli import main
+    from automl_hiap.errors import UserError
+
+    folder, one_file, out = sys.argv[1:4]
+    images = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        np.save(out + "/folder.npy", automl_hiap.load(folder)(images).numpy())
+        np.save(out + "/file.npy", automl_hiap.load(one_file)(images).numpy())
+    tracking = sorted(m for m in sys.modules if m.startswith("automl_hiap.tracking"))
+    assert not tracking, f"a local load imported {tracking}"
+
+    export = ["export", folder, "--format", "safetensors", "--out", out + "/cli.safetensors"]
+    assert main(export) == 0
+    try:
+        automl_hiap.load(out + "/missing")
+    except UserError as exc:
+        assert "not an MLflow URI" in str(exc), exc
+    else:
+        raise AssertionError("a missing path loaded")
+    loaded = sorted(m for m in sys.modules if m == "mlflow" or m.startswith("mlflow."))
+    assert not attempts and not loaded, (attempts, loaded)
+    print("mlflow-free")
+    """
+)
+
+
+def test_local_sources_load_without_mlflow(tmp_path: Path, saved) -> None:
+    folder, pruned = saved
+    one_file = tmp_path / "one.safetensors"
+    export_to(pruned, "safetensors", one_file)
+    done = subprocess.run(
+        [sys.executable, "-c", NO_MLFLOW_SCRIPT, str(folder), str(one_file), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "mlflow-free" in done.stdout, done.stderr[-3000:]
+    images = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = pruned(images).numpy()
+    for name in ("folder.npy", "file.npy"):
+        assert np.array_equal(np.load(tmp_path / name), expected), name
+    assert ah.load(tmp_path / "cli.safetensors").subnet == pruned.subnet

@@ -3,6 +3,7 @@ aliases, pulling by alias in a fresh process, a real `mlflow server`, and a serv
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -23,14 +24,14 @@ from mlflow.tracking import MlflowClient
 from optuna.exceptions import TrialPruned
 
 import automl_hiap as ah
-from automl_hiap import search
+from automl_hiap import search, tracking
 from automl_hiap.cli import main
 from automl_hiap.config import load_config
 from automl_hiap.cost import subnet_cost
 from automl_hiap.outcome import SearchMetrics, SearchReport
 from automl_hiap.space import SearchSpace
 from automl_hiap.subnet import Subnet, random_subnet
-from automl_hiap.tracking import Tracker, budget_alias, use_store
+from automl_hiap.tracking import Tracker, budget_alias, pyfunc, use_store
 from automl_hiap.trainer import EpochEnd
 
 
@@ -169,6 +170,28 @@ def test_a_fresh_process_pulls_the_champion_with_identical_logits(
     run_id = json.loads((root / "run" / "mlflow_run.json").read_text())["run_id"]
     from_run = ah.load(f"runs:/{run_id}/model", tracking_uri=uri)
     assert from_run.subnet == ah.Subnet.load(root / "run" / "subnet.json")
+
+
+def test_logged_models_name_the_package_as_their_loader_module(local_store) -> None:
+    """MLflow loads a model with `import_module(loader_module)._load_pyfunc(data)`: models
+    logged before tracking became a package name `automl_hiap.tracking`, as new ones do."""
+    _, uri = local_store
+    with use_store(uri):
+        info = mlflow.models.get_model_info("models:/tiny@champion")
+    loader = info.flavors["python_function"]["loader_module"]
+    assert loader == "automl_hiap.tracking"
+    assert importlib.import_module(loader)._load_pyfunc is pyfunc._load_pyfunc
+
+
+def test_the_package_re_exports_each_name_from_its_module() -> None:
+    assert set(tracking._HOMES) == {*tracking.__all__, "_load_pyfunc"}
+    for name in tracking._HOMES:
+        value = getattr(tracking, name)
+        home = importlib.import_module(f"automl_hiap.tracking.{tracking._HOMES[name]}")
+        assert value is getattr(home, name), name
+    assert set(tracking.__all__) <= set(dir(tracking))
+    with pytest.raises(AttributeError):
+        _ = tracking.no_such_name
 
 
 def test_aliases_follow_the_latest_best_version(local_store) -> None:

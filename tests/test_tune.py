@@ -27,8 +27,7 @@ from automl_hiap.config import TuneConfig, load_config
 from automl_hiap.cost import dense_cost, subnet_cost
 from automl_hiap.subnet import random_subnet
 from automl_hiap.trainer import EpochEnd
-from automl_hiap.tune import _Reporter, _sampler, run_tune
-from automl_hiap.tune_results import pareto_front
+from automl_hiap.tune import EpochReporter, make_sampler, pareto_front, run_tune
 
 from .conftest import LR_RANGE, tiny_spec
 
@@ -197,7 +196,7 @@ def test_epoch_reports_continue_across_phases_and_prune(tiny) -> None:
     _, _, space = tiny
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(0.6))
     trial = study.ask()
-    reporter = _Reporter(trial, space)
+    reporter = EpochReporter(trial, space)
     candidate = random_subnet(space, torch.Generator().manual_seed(0))
     reporter(EpochEnd("dense", 1, 2, {"val_top1": 0.1}, None))  # same in every trial: skipped
     reporter(EpochEnd("explore", 1, 2, {"val_top1": 0.7}, candidate))
@@ -323,7 +322,7 @@ def test_studies_for_other_budgets_start_from_other_points() -> None:
 
     def first_value(study_name: str) -> float:
         plan = SimpleNamespace(tune=tune, study=study_name)
-        study = optuna.create_study(sampler=_sampler(plan, existing=0, worker=0))  # type: ignore[arg-type]
+        study = optuna.create_study(sampler=make_sampler(plan, existing=0, worker=0))  # type: ignore[arg-type]
         return study.ask().suggest_float("lr", 1e-4, 1e-2)
 
     assert first_value("vit-hiap-0.5") == first_value("vit-hiap-0.5")  # still reproducible

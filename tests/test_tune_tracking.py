@@ -15,7 +15,7 @@ from automl_hiap.cli import main
 from automl_hiap.config import load_config
 from automl_hiap.tracking import Tracker, use_store
 from automl_hiap.tune import run_tune
-from automl_hiap.tune_tracking import TrackingHooks
+from automl_hiap.tune.tracking import TrackingHooks
 
 from .conftest import LR_RANGE
 

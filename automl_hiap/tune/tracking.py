@@ -17,7 +17,8 @@ unless tracking is off):
   hands back is registered, at the end, from its child run's logged model, with the aliases of
   :meth:`~automl_hiap.tracking.Tracker.register` (``champion``, the budget alias). In budget
   mode that is the most accurate feasible trial; in Pareto mode the most accurate front member
-  within the budget's tolerance (both by val top-1, :func:`~automl_hiap.tune_results.choose_best`).
+  within the budget's tolerance (both by val top-1,
+  :func:`~automl_hiap.tune.results.choose_best`).
 
 Choices:
 
@@ -26,9 +27,10 @@ Choices:
   that share a name (the default name in two output folders) do not merge. Two commands that
   create a study at the same instant may each start a parent. Worker processes do not look it
   up: the pickled hooks carry its id.
-* Every trial logs its model (a second or two each) so the best can be registered whichever
-  process or machine ran it. Registering is idempotent: a version already registered from the
-  best trial's run is reused, so running a finished study again adds no version.
+* Every trial logs its model (a cost paid by every trial, not just the best) so the best can
+  be registered whichever process or machine ran it. Registering is idempotent: a version
+  already registered from the best trial's run is reused, so running a finished study again
+  adds no version.
 * Child runs left RUNNING by a killed worker whose trial the study has since ended (the tune
   fails such trials when it resumes) are ended FAILED with the study's reason when a command
   opens the study.
@@ -55,8 +57,10 @@ from automl_hiap.config import SearchConfig
 from automl_hiap.outcome import SearchMetrics, SearchReport
 from automl_hiap.subnet import Subnet
 from automl_hiap.tracking import TAG, Run, Tracker, TrackingError, store_errors
-from automl_hiap.tune import BUDGET_PARAM, TuneHooks, failure_reason
-from automl_hiap.tune_results import TuneReport
+from automl_hiap.tune.objective import failure_reason
+from automl_hiap.tune.params import BUDGET_PARAM
+from automl_hiap.tune.results import TuneReport
+from automl_hiap.tune.study import TuneHooks
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion

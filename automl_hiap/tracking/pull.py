@@ -1,6 +1,9 @@
 """Fetch an exported model from wherever it was put: a local path, or an MLflow URI
 (``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/<run id>/model``, or any artifact
 URI MLflow can download). Rebuilding it is ``model_files``' job.
+
+MLflow is imported only once a source turns out not to be local, so ``automl_hiap.load`` and
+``export`` of a local model stay free of it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def pull(source: str | Path, out: str | Path, tracking_uri: str | None = None) -
 
 
 def is_uri(source: str | Path) -> bool:
+    """Whether ``source`` names something for MLflow to download rather than a local path."""
     text = str(source)
     return text.startswith(URI_PREFIXES) or "://" in text
 
@@ -59,7 +63,7 @@ def fetched(source: str | Path, tracking_uri: str | None = None) -> Iterator[Pat
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from automl_hiap.tracking import use_store
+    from automl_hiap.tracking.store import first_line, use_store
 
     with tempfile.TemporaryDirectory(prefix="automl_hiap-pull-") as scratch:
         try:
@@ -70,6 +74,5 @@ def fetched(source: str | Path, tracking_uri: str | None = None) -> Iterator[Pat
                     artifact_uri=str(source), dst_path=scratch
                 )
         except (MlflowException, OSError) as exc:
-            first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-            raise UserError(f"{source}: cannot download it: {first}") from None
+            raise UserError(f"{source}: cannot download it: {first_line(exc)}") from None
         yield Path(local)
