@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -23,21 +24,61 @@ from torch import Tensor
 from automl_hiap.space import UNIT_FIELD, BlockKeep, LayerShape, SearchSpace, Unit
 from automl_hiap.subnet import Subnet
 
+Count = TypeVar("Count", int, Tensor)
+
+
+def _total(count: Count) -> Count:
+    return count.sum() if isinstance(count, Tensor) else count
+
+
+def count_macs(
+    tokens: int,
+    embed_dim: int,
+    qk: Count,
+    v: Count,
+    neurons: Count,
+    attn_in: Count,
+    mlp_in: Count,
+) -> Count:
+    """The block formula above from kept counts: ``qk`` / ``v`` are the kept q/k and v dims,
+    per head (a tensor, summed here) or in total; ints give exact integers, tensors expected
+    values. Every MACs figure of the package (cost model, greedy selection, HiAP's repair
+    prices) comes from here."""
+    n, d = tokens, embed_dim
+    return (
+        n * attn_in * _total(2 * qk + v)
+        + n * n * _total(qk + v)
+        + n * d * _total(v)
+        + n * mlp_in * neurons
+        + n * neurons * d
+    )
+
 
 def block_macs(shape: LayerShape, tokens: int, keep: BlockKeep) -> Tensor:
     """MACs (or expected MACs) of one block."""
     k = keep.effective(shape)
-    n, d = tokens, shape.embed_dim
     a, b = k.qk.sum(-1), k.v.sum(-1)  # kept q/k and v dims per head
-    attn_in, mlp_in = k.attn_in.sum(), k.mlp_in.sum()
-    neurons = k.neuron.sum()
-    return (
-        n * attn_in * (2 * a + b).sum()
-        + n * n * (a + b).sum()
-        + n * d * b.sum()
-        + n * mlp_in * neurons
-        + n * neurons * d
+    return count_macs(
+        tokens, shape.embed_dim, a, b, k.neuron.sum(), k.attn_in.sum(), k.mlp_in.sum()
     )
+
+
+def unit_macs(shape: LayerShape, tokens: int, unit: Unit) -> int:
+    """MACs that removing one unit of this kind saves from the otherwise dense block (a
+    branch: all of it), e.g. a v dim's qkv row, its AV column and its proj column."""
+    d, hd, dims = shape.embed_dim, shape.head_dim, shape.num_heads * shape.head_dim
+    dense = dict(qk=dims, v=dims, neurons=shape.mlp_hidden, attn_in=d, mlp_in=d)
+    fewer = {
+        Unit.ATTN_BLOCK: dict(qk=0, v=0),
+        Unit.HEAD: dict(qk=dims - hd, v=dims - hd),
+        Unit.FFN_BLOCK: dict(neurons=0),
+        Unit.QK_DIM: dict(qk=dims - 1),
+        Unit.V_DIM: dict(v=dims - 1),
+        Unit.NEURON: dict(neurons=shape.mlp_hidden - 1),
+        Unit.ATTN_IN: dict(attn_in=d - 1),
+        Unit.MLP_IN: dict(mlp_in=d - 1),
+    }[unit]
+    return count_macs(tokens, d, **dense) - count_macs(tokens, d, **(dense | fewer))
 
 
 def block_params(shape: LayerShape, keep: BlockKeep) -> Tensor:

@@ -3,12 +3,15 @@
 Each unit is applied where the computation couples it, so a hard mask computes exactly what
 the physically sliced model computes:
 
-* head h, v dim (h, j): scale ``proj``'s input column h·d + j by attn · head_h · v_hj
-  (attention is linear in v, so this equals gating the head output / the v dim);
+* head h, v dim (h, j): scale the ``proj`` input column that reads v dim (h, j) by
+  attn · head_h · v_hj (attention is linear in v, so this equals gating the head output /
+  the v dim);
 * attention branch: scale ``proj``'s output (bias included) by attn;
-* q/k dim (h, j): scale the q output row of ``qkv`` by qk_hj (q·k sums over kept dims);
+* q/k dim (h, j): scale its q output row of ``qkv`` by qk_hj (q·k sums over kept dims);
 * neuron k: scale ``fc2``'s input column k; FFN branch: scale ``fc2``'s output by ffn;
 * attn_in / mlp_in: scale the input columns of ``qkv`` / ``fc1``.
+
+Where each gate acts is ``layout.GATES`` (the module that knows the weight layout).
 
 Hooks rather than parametrizations: the model's modules, ``forward`` methods and
 ``state_dict`` stay untouched, so timm checkpoints load into a masked model as into a plain one,
@@ -19,13 +22,13 @@ step (HiAP samples gates) or keep them fixed (a hard subnet).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from automl_hiap import layout
 from automl_hiap.space import BlockKeep, SearchSpace
 
 
@@ -40,14 +43,9 @@ class Masks:
         if len(blocks) != space.depth:
             raise ValueError(f"model has {len(blocks)} blocks, the space {space.depth}")
         for i, block in enumerate(blocks):
-            attn, mlp = block.attn, block.mlp
-            self._pre(attn.qkv, i, _attn_in)
-            self._post(attn.qkv, i, _q_rows)
-            self._pre(attn.proj, i, _proj_columns)
-            self._post(attn.proj, i, lambda k, s: k.attn)
-            self._pre(mlp.fc1, i, lambda k, s: k.mlp_in)
-            self._pre(mlp.fc2, i, _neurons)
-            self._post(mlp.fc2, i, lambda k, s: k.ffn)
+            for name, axis in layout.gated_axes():  # inputs: pre-hooks; outputs: hooks
+                hook = self._pre if axis == layout.COLUMNS else self._post
+                hook(layout.linear(block, name), i, name, axis)
 
     def set(self, keeps: Sequence[BlockKeep]) -> None:
         if len(keeps) != self.space.depth:
@@ -65,12 +63,12 @@ class Masks:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
-    def _scale_for(self, layer: int, pick: _Picker) -> Tensor | None:
-        return pick(self.keeps[layer], self.space.layers[layer].head_dim)
+    def _scale_for(self, layer: int, name: str, axis: int) -> Tensor | None:
+        return layout.gate(self.space.layers[layer], self.keeps[layer], name, axis)
 
-    def _pre(self, module: nn.Module, layer: int, pick: _Picker) -> None:
+    def _pre(self, module: nn.Module, layer: int, name: str, axis: int) -> None:
         def hook(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-            scale = self._scale_for(layer, pick)
+            scale = self._scale_for(layer, name, axis)
             if scale is None:
                 return None
             x = args[0]
@@ -78,35 +76,9 @@ class Masks:
 
         self._handles.append(module.register_forward_pre_hook(hook))
 
-    def _post(self, module: nn.Module, layer: int, pick: _Picker) -> None:
+    def _post(self, module: nn.Module, layer: int, name: str, axis: int) -> None:
         def hook(_: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor | None:
-            scale = self._scale_for(layer, pick)
+            scale = self._scale_for(layer, name, axis)
             return None if scale is None else out * scale.to(out.dtype)
 
         self._handles.append(module.register_forward_hook(hook))
-
-
-_Picker = Callable[[BlockKeep, int], "Tensor | None"]
-
-
-def _attn_in(k: BlockKeep, head_dim: int) -> Tensor | None:
-    return k.attn_in
-
-
-def _q_rows(k: BlockKeep, head_dim: int) -> Tensor | None:
-    if k.qk is None:
-        return None
-    q = k.qk.flatten()
-    return torch.cat([q, q.new_ones(2 * q.numel())])
-
-
-def _proj_columns(k: BlockKeep, head_dim: int) -> Tensor | None:
-    if k.head is None and k.v is None:
-        return None
-    head = k.head if k.head is not None else k.v.new_ones(k.v.shape[0])  # type: ignore[union-attr]
-    v = k.v if k.v is not None else head.new_ones(head.numel(), head_dim)
-    return (head[:, None] * v).flatten()
-
-
-def _neurons(k: BlockKeep, head_dim: int) -> Tensor | None:
-    return k.neuron

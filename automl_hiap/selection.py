@@ -1,8 +1,11 @@
-"""From unit scores to a valid subnet under a MACs budget.
+"""From unit scores to a valid subnet under a MACs budget: the two budget solvers.
 
-Every score-based strategy (magnitude, SERo, VTP, GOHSP) ends the same way: keep the most
-important units until the model fits the budget, without breaking the space's constraints.
-This module does that once.
+Every score-based strategy ends the same way: keep the most important units until the model
+fits the budget, without breaking the space's constraints. This module does that once, in two
+ways: :func:`select_to_budget` (greedy, importance per MAC; magnitude, GOHSP, repairs) and
+:func:`bisect_to_budget` (one global threshold, or any one-parameter family of nested masks,
+bisected to the target; SERo, VTP, NNI), with :func:`survivors` and :func:`top_kept` for the
+threshold rules.
 
 Greedy removal with lazy re-evaluation: each *group* of units (the neurons of one FFN, the v
 dims of one head, the heads of one layer, ...) can shrink by one allowed step (``round_to``
@@ -19,13 +22,16 @@ import heapq
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, overload
 
 import torch
 
+from automl_hiap.cost import count_macs, expected_macs
 from automl_hiap.space import BlockKeep, LayerShape, SearchSpace, Unit
 from automl_hiap.subnet import HeadKeep, LayerKeep, Subnet
 
 _Step = tuple[float, Callable[[], None]]  # (score lost per MAC saved, apply)
+T = TypeVar("T", int, float)
 
 
 @dataclass
@@ -41,16 +47,10 @@ class _Layer:
     mlp_in: list[int]
 
     def macs(self, tokens: int) -> int:
-        d, n = self.shape.embed_dim, tokens
         a = sum(len(self.qk[h]) for h in self.heads)
         b = sum(len(self.v[h]) for h in self.heads)
-        m = len(self.neurons)
-        return (
-            n * len(self.attn_in) * (2 * a + b)
-            + n * n * (a + b)
-            + n * d * b
-            + (n * len(self.mlp_in) * m + n * m * d)
-        )
+        counts = (len(self.neurons), len(self.attn_in), len(self.mlp_in))
+        return count_macs(tokens, self.shape.embed_dim, a, b, *counts)
 
 
 def _ranked(scores: torch.Tensor | None, count: int) -> list[int]:
@@ -174,14 +174,15 @@ def _step(
     values = getattr(scores, family)
     if not space.searches(unit) or values is None:
         return None
-    return _shrink(layer, tokens, kept, _next_count(space, len(kept), 1, False), values)
+    fewest = space.allowed_kept(1, shape.embed_dim, rounding="up")  # one step of round_to
+    return _shrink(layer, tokens, kept, _next_count(space, len(kept), fewest, False), values)
 
 
 def _next_count(space: SearchSpace, count: int, minimum: int, allow_zero: bool) -> int | None:
-    """The next smaller allowed kept count (a multiple of round_to, >= minimum); below the
-    minimum only 0, and only if the whole branch may go."""
-    smaller = (count - 1) // space.round_to * space.round_to
-    if smaller >= max(minimum, 1):
+    """The next smaller allowed kept count (>= minimum); below the minimum only 0, and only
+    if the whole branch may go."""
+    smaller = space.allowed_kept(count - 1, count, minimum)
+    if 1 <= smaller < count:
         return smaller
     return 0 if allow_zero and count > 0 else None
 
@@ -249,3 +250,90 @@ def _to_layer_keep(layer: _Layer) -> LayerKeep:
         attn_in=None if len(layer.attn_in) == full else tuple(sorted(layer.attn_in)),
         mlp_in=None if len(layer.mlp_in) == full else tuple(sorted(layer.mlp_in)),
     )
+
+
+# ---------------------------------------------------------------- threshold selection
+@dataclass(frozen=True)
+class Bisection(Generic[T]):
+    """Where a nested family of masks meets a MACs target."""
+
+    value: T  # the least pruning parameter whose masks meet the target (``high`` if none does)
+    keeps: list[BlockKeep]  # the masks at ``value``
+    macs: float
+    feasible: bool  # False: even ``high`` misses the target (``keeps`` are its masks)
+
+
+@overload
+def bisect_to_budget(
+    space: SearchSpace,
+    keeps_at: Callable[[int], Sequence[BlockKeep]],
+    target: float,
+    high: int,
+    steps: None = None,
+) -> Bisection[int]: ...
+@overload
+def bisect_to_budget(
+    space: SearchSpace,
+    keeps_at: Callable[[float], Sequence[BlockKeep]],
+    target: float,
+    high: float,
+    steps: int,
+) -> Bisection[float]: ...
+def bisect_to_budget(
+    space: SearchSpace,
+    keeps_at: Callable[[Any], Sequence[BlockKeep]],
+    target: float,
+    high: Any,
+    steps: int | None = None,
+) -> Bisection[Any]:
+    """The least pruning parameter in ``[0, high]`` whose masks meet ``target`` MACs.
+
+    ``keeps_at(t)`` gives the keep values at parameter t (units below a global threshold
+    removed, a sparse ratio, ...); the masks must be nested, pruning more as t grows, so MACs
+    never rise with t. Without ``steps`` t is an integer and the answer exact (the masks keep
+    the most units that fit); with ``steps`` t is real and is halved that many times. ``high``
+    is tried first: when it misses the target the result says so (``feasible`` False) and the
+    caller decides (an error, or a repair).
+    """
+
+    best: list[Bisection[Any]] = []
+
+    def fits(value: Any) -> bool:
+        keeps = list(keeps_at(value))
+        macs = float(expected_macs(space, keeps))
+        if macs <= target or not best:  # the least feasible so far, or high's masks
+            best[:] = [Bisection(value, keeps, macs, feasible=macs <= target)]
+        return macs <= target
+
+    if not fits(high):
+        return best[-1]
+    if steps is None:  # integers: the exact least value
+        low = 0
+        while low < high:
+            middle = (low + high) // 2
+            high, low = (middle, low) if fits(middle) else (high, middle + 1)
+    else:
+        real_low = 0.0
+        for _ in range(steps):
+            middle = (real_low + high) / 2
+            high, real_low = (middle, real_low) if fits(middle) else (high, middle)
+    return best[-1]
+
+
+def survivors(values: Sequence[torch.Tensor], pruned: int) -> list[torch.Tensor]:
+    """Which entries survive removing the ``pruned`` lowest of all ``values`` together: one
+    global threshold (ties: the earlier entry of the concatenation goes first). Boolean
+    tensors shaped like ``values``."""
+    pool = torch.cat([v.flatten() for v in values])
+    alive = torch.ones(pool.numel(), dtype=torch.bool)
+    alive[torch.argsort(pool, stable=True)[:pruned]] = False
+    parts = alive.split([v.numel() for v in values])
+    return [a.reshape(v.shape) for a, v in zip(parts, values, strict=True)]
+
+
+def top_kept(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """0/1 (float64) keep values of the ``count`` highest of a 1-D score vector (ties: the
+    lower index)."""
+    keep = torch.zeros(scores.shape[-1], dtype=torch.float64)
+    keep[torch.argsort(-scores, stable=True)[:count]] = 1.0
+    return keep

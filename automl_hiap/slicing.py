@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from automl_hiap import layout
 from automl_hiap.models import ModelSpec
 from automl_hiap.pruned_vit import PrunedAttention, PrunedBlock, PrunedMlp, group_heads
+from automl_hiap.space import LayerShape, Unit
 from automl_hiap.subnet import LayerKeep, Subnet
 
 
@@ -63,13 +65,13 @@ def _slice_pair(
     new_consumer: nn.Linear,
     rows: list[int],
     columns: list[int],
-    input_columns: tuple[int, ...] | None,
+    input_columns: list[int] | None,
 ) -> None:
     """Copy a coupled pair: the producer keeps ``rows`` (+ bias; ``input_columns`` of its
     input if given), the consumer keeps the input ``columns`` they feed (bias untouched)."""
     weight = producer.weight[rows]
     if input_columns is not None:
-        weight = weight[:, list(input_columns)]
+        weight = weight[:, input_columns]
     new_producer.weight.copy_(weight)
     if producer.bias is not None:
         new_producer.bias.copy_(producer.bias[rows])
@@ -78,23 +80,39 @@ def _slice_pair(
         new_consumer.bias.copy_(consumer.bias)
 
 
+def _inputs(
+    shape: LayerShape, unit: Unit, name: str, kept: tuple[int, ...] | None
+) -> list[int] | None:
+    return None if kept is None else layout.indices(shape, unit, name, layout.COLUMNS, kept)
+
+
 @torch.no_grad()
-def _copy_weights(block: Any, pruned: Any, layer: LayerKeep) -> None:
+def _copy_weights(block: Any, pruned: Any, layer: LayerKeep, shape: LayerShape) -> None:
     if pruned.attn is not None:
-        attn = block.attn
-        hd, width = attn.head_dim, attn.num_heads * attn.head_dim
         _, order = group_heads([(len(h.qk), len(h.v)) for h in layer.heads])
-        heads = [layer.heads[i] for i in order]  # the layout PrunedAttention expects
-        q_rows = [h.index * hd + j for h in heads for j in h.qk]
-        v_rows = [h.index * hd + j for h in heads for j in h.v]
-        qkv_rows = q_rows + [width + r for r in q_rows] + [2 * width + r for r in v_rows]
+        heads = [layer.heads[i] for i in order]  # the order PrunedAttention expects
+        qk = [(h.index, j) for h in heads for j in h.qk]
+        v = [(h.index, j) for h in heads for j in h.v]
+        rows = layout.indices(shape, Unit.QK_DIM, "qkv", layout.ROWS, qk)
+        rows += layout.indices(shape, Unit.V_DIM, "qkv", layout.ROWS, v)
         _slice_pair(
-            attn.qkv, attn.proj, pruned.attn.qkv, pruned.attn.proj, qkv_rows, v_rows, layer.attn_in
+            layout.linear(block, "qkv"),
+            layout.linear(block, "proj"),
+            pruned.attn.qkv,
+            pruned.attn.proj,
+            rows,
+            layout.indices(shape, Unit.V_DIM, "proj", layout.COLUMNS, v),
+            _inputs(shape, Unit.ATTN_IN, "qkv", layer.attn_in),
         )
     if pruned.mlp is not None:
-        mlp, neurons = block.mlp, list(layer.neurons)
         _slice_pair(
-            mlp.fc1, mlp.fc2, pruned.mlp.fc1, pruned.mlp.fc2, neurons, neurons, layer.mlp_in
+            layout.linear(block, "fc1"),
+            layout.linear(block, "fc2"),
+            pruned.mlp.fc1,
+            pruned.mlp.fc2,
+            layout.indices(shape, Unit.NEURON, "fc1", layout.ROWS, layer.neurons),
+            layout.indices(shape, Unit.NEURON, "fc2", layout.COLUMNS, layer.neurons),
+            _inputs(shape, Unit.MLP_IN, "fc1", layer.mlp_in),
         )
 
 
@@ -107,8 +125,10 @@ def slice_subnet(model: nn.Module, subnet: Subnet, spec: ModelSpec) -> nn.Module
     """
     dense_blocks = model.blocks
     pruned_blocks = build_blocks(model, subnet)
-    for block, pruned, layer in zip(_blocks(model), pruned_blocks, subnet.layers, strict=True):
-        _copy_weights(block, pruned, layer)
+    for i, (block, pruned, layer) in enumerate(
+        zip(_blocks(model), pruned_blocks, subnet.layers, strict=True)
+    ):
+        _copy_weights(block, pruned, layer, layout.block_shape(block, i))
     model.blocks = nn.Sequential()  # don't deep-copy the dense blocks
     try:
         result: Any = copy.deepcopy(model)

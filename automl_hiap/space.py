@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -63,6 +63,7 @@ UNIT_FIELD = {
 MACRO_UNITS = (Unit.ATTN_BLOCK, Unit.HEAD, Unit.FFN_BLOCK)
 MICRO_UNITS = (Unit.QK_DIM, Unit.V_DIM, Unit.NEURON, Unit.ATTN_IN, Unit.MLP_IN)
 ALL_UNITS = MACRO_UNITS + MICRO_UNITS
+Rounding = Literal["down", "up", "nearest"]
 
 
 class Constraints(BaseModel):
@@ -235,30 +236,38 @@ class SearchSpace:
         """Fewest neurons a kept FFN block may have (after rounding)."""
         hidden = self.layers[layer].mlp_hidden
         wanted = max(1, int(-(-self.min_neuron_fraction * hidden // 1)))
-        return min(hidden, self.round_up(wanted, hidden))
+        return self.allowed_kept(wanted, hidden, rounding="up")
 
     def min_dims(self, layer: int) -> int:
         """Fewest q/k or v dims a kept head may have (after rounding)."""
-        head_dim = self.layers[layer].head_dim
-        return min(head_dim, self.round_up(self.min_head_dims, head_dim))
+        return self.allowed_kept(self.min_head_dims, self.layers[layer].head_dim, rounding="up")
 
-    def round_up(self, count: int, full: int) -> int:
-        """The smallest allowed kept count >= count (a multiple of round_to, or full)."""
-        if count >= full:
-            return full
-        rounded = -(-count // self.round_to) * self.round_to
-        return min(rounded, full)
+    def allowed_kept(
+        self, count: float, full: int, minimum: int = 0, rounding: Rounding = "down"
+    ) -> int:
+        """The allowed kept count of a group of ``full`` units next to ``count``: the largest
+        allowed <= count ("down"; ``minimum`` when none is), the smallest >= count ("up"), or
+        the nearer of the two ("nearest"; ties go up).
+
+        Allowed are ``full``, ``minimum`` and the multiples of ``round_to`` between them: the
+        one definition every selection, threshold rule and validation uses.
+        """
+        minimum, step = min(minimum, full), self.round_to
+        down = full if count >= full else max(minimum, int(count // step) * step)
+        if rounding == "down":
+            return down
+        up = minimum if count <= minimum else min(full, int(-(-count // step)) * step)
+        if rounding == "up":
+            return up
+        return down if count - down < up - count else up
 
     def allowed_count(self, count: int, full: int, minimum: int) -> bool:
-        if count == full:
-            return True
-        return minimum <= count < full and count % self.round_to == 0
+        """Whether ``count`` is an allowed kept count (see :meth:`allowed_kept`)."""
+        return self.allowed_kept(count, full, minimum) == count
 
     def nearest_allowed(self, count: float, full: int, minimum: int) -> int:
-        """Round a wanted kept count to the nearest allowed one (multiple of round_to, >= min)."""
-        step = self.round_to
-        candidates = {full, minimum} | {k for k in range(step, full, step) if k >= minimum}
-        return min(sorted(candidates), key=lambda k: (abs(k - count), -k))
+        """The allowed kept count nearest to a wanted one (see :meth:`allowed_kept`)."""
+        return self.allowed_kept(count, full, minimum, rounding="nearest")
 
 
 def _blocks_of(model: nn.Module) -> nn.Sequential:

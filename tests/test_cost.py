@@ -8,10 +8,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import automl_hiap as ah
-from automl_hiap.cost import block_macs, expected_macs, expected_params
+from automl_hiap.cost import block_macs, count_macs, expected_macs, expected_params, unit_macs
 from automl_hiap.models import ModelSpec
 from automl_hiap.pruned_vit import PrunedAttention
-from automl_hiap.space import BlockKeep
+from automl_hiap.space import UNIT_FIELD, BlockKeep, Unit
 from automl_hiap.subnet import random_subnet
 
 from .conftest import tiny_spec
@@ -161,3 +161,42 @@ def test_fixed_cost_counts_distilled_heads_and_prefix_tokens() -> None:
     space = ah.SearchSpace.from_model(model)
     assert space.tokens == 16 + 2
     assert ah.dense_cost(space).params == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_count_formula_is_the_block_formula(tiny, seed: int) -> None:
+    """Integer counts (the greedy selection's) and keep tensors give the same MACs."""
+    _, _, space = tiny
+    subnet = random_subnet(space, torch.Generator().manual_seed(seed))
+    for shape, layer, keep in zip(
+        space.layers, subnet.layers, subnet.to_keep(space, torch.float64), strict=True
+    ):
+        counts = count_macs(
+            space.tokens,
+            shape.embed_dim,
+            sum(len(h.qk) for h in layer.heads),
+            sum(len(h.v) for h in layer.heads),
+            len(layer.neurons),
+            shape.embed_dim if layer.attn_in is None else len(layer.attn_in),
+            shape.embed_dim if layer.mlp_in is None else len(layer.mlp_in),
+        )
+        assert isinstance(counts, int)
+        assert counts == float(block_macs(shape, space.tokens, keep))
+
+
+def test_unit_macs_is_what_removing_one_unit_saves(tiny) -> None:
+    _, _, space = tiny
+    shape, n = space.layers[0], space.tokens
+    d, hd = shape.embed_dim, shape.head_dim
+    dense = float(block_macs(shape, n, BlockKeep().filled(shape)))
+    for unit in Unit:
+        keep = BlockKeep().filled(shape, like=torch.ones((), dtype=torch.float64))
+        getattr(keep, UNIT_FIELD[unit]).view(-1)[0] = 0.0  # the first unit of this kind
+        saved = dense - float(block_macs(shape, n, keep))
+        assert unit_macs(shape, n, unit) == saved, unit
+    # by hand: a v dim is its qkv row, its AV column and its proj column; a neuron 2·N·D
+    assert unit_macs(shape, n, Unit.V_DIM) == n * d + n * n + n * d
+    assert unit_macs(shape, n, Unit.QK_DIM) == 2 * n * d + n * n
+    assert unit_macs(shape, n, Unit.NEURON) == 2 * n * d
+    assert unit_macs(shape, n, Unit.HEAD) == hd * (4 * n * d + 2 * n * n)
+    assert unit_macs(shape, n, Unit.ATTN_IN) == n * 3 * shape.num_heads * hd
