@@ -1,22 +1,28 @@
 """The Strategy API: one base class every pruning algorithm implements.
 
-A strategy turns a dense model, its search space and a budget into a :class:`Subnet` (and,
-for methods that train, the weights that go with it). It drives its own phases: HiAP trains
-gates in one stage; SERo explores then re-optimizes with a fresh optimizer; GOHSP ranks heads,
-runs ADMM-style soft pruning, prunes and fine-tunes; VTP trains sparse scores, thresholds and
-fine-tunes; magnitude pruning ranks weights once.
+A strategy turns a dense model, its search space and a budget into a :class:`Subnet` and the
+weights that go with it; :meth:`Strategy.search` is the paper's idea and nothing else. What
+every strategy shares is the base class's job, in :meth:`Strategy.run`:
+
+1. check what the class declares it needs (a budget, some of the space's units, a trainer),
+   so a misconfigured search fails before it trains, with an error naming the setting;
+2. ``search()``: the decision (HiAP trains gates; SERo explores masks; GOHSP ranks heads and
+   runs ADMM; VTP trains sparse scores; magnitude ranks weights once);
+3. slice the weights to the subnet (the physically smaller model);
+4. fine-tune it, for a strategy that declares a :class:`FineTune` phase and asks for epochs.
 
 Training phases run through the trainer's ``fit`` loop, which calls the no-op hooks of
 :class:`TrainHooks` (extra parameters, extra loss, per-step schedules, gradient edits,
 projections, metrics, state for exact resume). Strategies are found by name through the
 ``automl_hiap.strategies`` entry-point group (see ``plugins``); core code never imports one.
+Every strategy, built in or plugin, must pass ``automl_hiap.testing``'s conformance suite.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
@@ -24,7 +30,7 @@ from torch import Tensor, nn
 from automl_hiap.errors import UserError
 from automl_hiap.models import ModelSpec
 from automl_hiap.slicing import slice_subnet
-from automl_hiap.space import SearchSpace
+from automl_hiap.space import SearchSpace, Unit
 from automl_hiap.subnet import Subnet
 
 
@@ -33,6 +39,30 @@ class StrategyParams(BaseModel):
     against it, and the outer loop tunes its fields."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+P = TypeVar("P", bound=StrategyParams)
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """A strategy's optional training of the sliced model, run by :meth:`Strategy.run`.
+
+    It names which of the strategy's own params hold the epochs and the learning rate (None:
+    ``train.lr``) and the trainer phase, whose name is the checkpoint file and the progress
+    label (so a killed search resumes its fine-tuning).
+
+    Why a declared mapping and not a shared params mixin: the papers name and size this phase
+    differently (SERo's *re-optimization* is ``reopt_epochs``, 150 epochs; VTP and GOHSP
+    fine-tune for 100; magnitude and NNI default to none), and the YAML keys, their defaults
+    and ``metrics.json``'s ``params_config`` are a user-facing contract. A mixin would impose
+    one name and one default (or aliases, which change ``model_dump()``); naming the fields
+    keeps every Params class as it was, and the core still runs the phase in one place.
+    """
+
+    phase: str
+    epochs: str = "finetune_epochs"
+    lr: str = "finetune_lr"
 
 
 @dataclass
@@ -50,12 +80,13 @@ class SearchContext:
 
 @dataclass
 class SearchResult:
-    """A strategy's decision; ``model`` carries the weights to export (trained or not)."""
+    """A decision and its weights. From :meth:`Strategy.search`, ``model`` is the (possibly
+    trained) unsliced network the subnet is cut from; from :meth:`Strategy.run`, it is the
+    sliced, possibly fine-tuned, model (a ``PrunedVisionTransformer``)."""
 
     subnet: Subnet
     model: nn.Module
     metrics: dict[str, float] = field(default_factory=dict)
-    fine_tuned: bool = False  # True when ``model`` is already the exported, trained network
 
 
 class TrainHooks:
@@ -94,28 +125,68 @@ class TrainHooks:
         """Restore :meth:`state_dict`."""
 
 
-class Strategy(ABC):
-    """Base class of all pruning strategies.
+def unit_listing(units: tuple[Unit, ...]) -> str:
+    """``a, b and c``: the units named in a requirement's error message."""
+    names = [str(u) for u in units]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
-    Subclasses set ``name``, ``description`` (one line, shown by ``automl_hiap strategies``)
-    and ``Params`` (their typed config), and implement :meth:`search`.
+
+class Strategy(ABC, Generic[P]):
+    """Base class of all pruning strategies, generic in its params:
+    ``class MyStrategy(Strategy[MyParams])`` makes ``Params`` = ``MyParams`` and types
+    ``self.params`` as one.
+
+    Subclasses set ``name``, ``description`` (one line, shown by ``automl_hiap strategies``),
+    declare what they need (class variables below; :meth:`run` checks them before
+    :meth:`search`) and implement :meth:`search`. Error messages are ``str.format`` templates
+    with ``{name}`` (and ``{units}`` for ``units_error``).
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
     Params: ClassVar[type[StrategyParams]] = StrategyParams
     needs_budget: ClassVar[bool] = True  # False for methods steered by a coefficient alone
+    # at least one of these units must be searched (empty: no requirement)
+    requires_units: ClassVar[tuple[Unit, ...]] = ()
+    units_error: ClassVar[str] = (
+        "space.units: strategy {name!r} prunes {units}; the space searches none of them"
+    )
+    needs_trainer: ClassVar[bool] = False  # the search itself trains or reads training data
+    trainer_error: ClassVar[str] = "strategy: {name!r} trains; it needs training data (a trainer)"
+    fine_tune: ClassVar[FineTune | None] = None  # the optional phase after slicing
+    # params that make a run a few optimizer steps on a tiny ViT (the conformance suite's)
+    smoke_params: ClassVar[dict[str, Any]] = {}
     # optional packages: import name -> install command (the plugin list shows a strategy whose
     # package is missing as unavailable, with the command, instead of failing to load it)
     requires: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, params: StrategyParams | None = None) -> None:
-        self.params = params if params is not None else self.Params()
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            params = (*get_args(base), None)[0]
+            if (
+                get_origin(base) is Strategy
+                and isinstance(params, type)
+                and issubclass(params, StrategyParams)
+                and "Params" not in cls.__dict__
+            ):
+                cls.Params = params  # said once, in the class header
+        if cls.fine_tune is not None:
+            fields = cls.Params.model_fields
+            missing = [f for f in (cls.fine_tune.epochs, cls.fine_tune.lr) if f not in fields]
+            if missing:
+                raise TypeError(
+                    f"{cls.__qualname__}.fine_tune names {missing}, which "
+                    f"{cls.Params.__qualname__} does not have"
+                )
+
+    def __init__(self, params: P | None = None) -> None:
+        self.params: P = params if params is not None else cast(P, self.Params())
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Strategy:
+    def from_dict(cls, values: dict[str, Any]) -> Strategy[Any]:
         """Build from the YAML's ``strategy.params`` (raises pydantic's ValidationError)."""
-        return cls(cls.Params.model_validate(values))
+        return cls(cast(Any, cls.Params.model_validate(values)))
 
     def target_macs(self, context: SearchContext) -> float:
         """The MACs budget, or a clear error for a strategy that cannot run without one."""
@@ -123,15 +194,41 @@ class Strategy(ABC):
             raise UserError(f"budget: strategy {self.name!r} needs a budget (e.g. --budget 0.5)")
         return context.target_macs
 
+    def fine_tune_settings(self) -> tuple[int, float | None]:
+        """(epochs, lr) of the fine-tune phase with these params; (0, None) without one."""
+        if self.fine_tune is None:
+            return 0, None
+        return int(getattr(self.params, self.fine_tune.epochs)), getattr(
+            self.params, self.fine_tune.lr
+        )
+
+    def uses_trainer(self) -> bool:
+        """Whether this configuration needs training data: the class says so, or it
+        fine-tunes. Override for a need that depends on other params."""
+        return self.needs_trainer or self.fine_tune_settings()[0] > 0
+
+    def check(self, context: SearchContext) -> None:
+        """Raise the class's declared errors for what ``context`` lacks (before any work)."""
+        if self.needs_budget:
+            self.target_macs(context)
+        units = self.requires_units
+        if units and not any(context.space.searches(u) for u in units):
+            raise UserError(self.units_error.format(name=self.name, units=unit_listing(units)))
+        if context.trainer is None and self.uses_trainer():
+            raise UserError(self.trainer_error.format(name=self.name))
+
     @abstractmethod
     def search(self, context: SearchContext) -> SearchResult:
-        """Decide the subnet (training as the method requires)."""
+        """Decide the subnet (training as the method requires); return it with the weights
+        to slice. Slicing and the fine-tune phase are :meth:`run`'s."""
 
     def run(self, context: SearchContext) -> SearchResult:
-        """Search, then slice: the result's ``model`` is the physically pruned network."""
+        """Check, search, slice, fine-tune: the result's ``model`` is the pruned network."""
+        self.check(context)
         result = self.search(context)
         subnet = result.subnet.validate(context.space)
-        if result.fine_tuned:
-            return result
         pruned = slice_subnet(result.model, subnet, context.spec)
-        return SearchResult(subnet=subnet, model=pruned, metrics=result.metrics, fine_tuned=True)
+        epochs, lr = self.fine_tune_settings()
+        if self.fine_tune is not None and epochs > 0:
+            context.trainer.fit(pruned, epochs, phase=self.fine_tune.phase, lr=lr)
+        return SearchResult(subnet=subnet, model=pruned, metrics=result.metrics)

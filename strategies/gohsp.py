@@ -1,12 +1,13 @@
-"""GOHSP: Graph and Optimization-based Heterogeneous Structured Pruning (Yin et al., AAAI 2023).
+"""GOHSP: Graph and Optimization-based Heterogeneous Structured Pruning (Yin, Uzkent, Shen, Jin,
+Yuan; AAAI 2023, arXiv 2301.05345).
 
-**A reconstruction.** The paper body and code are not available; what is sourced is the
-pipeline (``methods.md`` §4.1, ``seed-gohsp.txt``): (1) per block, a graph over the attention
-heads built from their correlation, a Markov chain over it, and its stationary distribution as
-the heads' importance; (2) an optimization stage that imposes head-level and column-level
-structured sparsity *softly* — a quadratic term with coefficient ρ pulls the weights towards
-the sparse structure, guided by the head ranking; (3) hard pruning and fine-tuning. Every
-detail below is this module's choice:
+**A reconstruction.** The paper body and code are not available; what is sourced (the abstract
+and the authors' overview; see docs/strategies.md) is the pipeline: (1) per block, a graph over
+the attention heads built from their correlation, a Markov chain over it, and its stationary
+distribution as the heads' importance; (2) an optimization stage that imposes head-level and
+column-level structured sparsity *softly* — a quadratic term with coefficient ρ pulls the
+weights towards the sparse structure, guided by the head ranking; (3) hard pruning and
+fine-tuning. Every detail below is this module's choice:
 
 * Head graph: nodes are heads, on a few calibration batches of training images. A head's
   signal is its contribution to the block output, ``O_h · W_projᵀ[h]`` (all heads write into
@@ -34,40 +35,39 @@ detail below is this module's choice:
   columns (with their biases, and a removed branch's output bias) and keeps every other entry:
   the usual "keep the largest" projection with the set re-chosen under the MACs budget.
 * Hard pruning: S chosen from the final W, then the physical export (which drops the pruned
-  weights), then ``finetune_epochs`` of ordinary fine-tuning (fresh optimizer).
+  weights), then ``finetune_epochs`` of ordinary fine-tuning (fresh optimizer): the core's
+  fine-tune phase, ``gohsp_finetune``.
 * Hyper-parameters are not retrievable; defaults: ρ = 1e-3 growing ×1.3 per update,
   30 ADMM epochs, 100 fine-tuning epochs, 8 calibration batches, β = 0.15.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from automl_hiap import layout
 from automl_hiap.cost import dense_cost, subnet_cost
 from automl_hiap.errors import UserError
 from automl_hiap.selection import select_to_budget
-from automl_hiap.slicing import slice_subnet
-from automl_hiap.space import BlockKeep, SearchSpace, Unit
-from automl_hiap.strategy import SearchContext, SearchResult, Strategy, StrategyParams, TrainHooks
+from automl_hiap.space import BlockKeep, LayerShape, SearchSpace, Unit
+from automl_hiap.strategy import (
+    FineTune,
+    SearchContext,
+    SearchResult,
+    Strategy,
+    StrategyParams,
+    TrainHooks,
+)
 from automl_hiap.subnet import Subnet
 
-# the block tensors the structure touches: (module path in a block, parameter name)
-TENSORS = {
-    "qkv_w": ("attn.qkv", "weight"),
-    "qkv_b": ("attn.qkv", "bias"),
-    "proj_w": ("attn.proj", "weight"),
-    "proj_b": ("attn.proj", "bias"),
-    "fc1_w": ("mlp.fc1", "weight"),
-    "fc1_b": ("mlp.fc1", "bias"),
-    "fc2_w": ("mlp.fc2", "weight"),
-    "fc2_b": ("mlp.fc2", "bias"),
-}
-Weights = list[dict[str, Tensor]]  # per layer: TENSORS key -> tensor (absent biases left out)
+# per layer: layout.TENSORS key -> tensor (absent biases left out)
+Weights = list[dict[str, Tensor]]
+FAMILIES = {"qk": Unit.QK_DIM, "v": Unit.V_DIM, "neuron": Unit.NEURON}  # the scored columns
 
 
 class GOHSPParams(StrategyParams):
@@ -125,7 +125,9 @@ def head_contribution_gram(
 
         return collect
 
-    handles = [b.attn.proj.register_forward_pre_hook(hook(i)) for i, b in enumerate(blocks)]
+    handles = [
+        layout.linear(b, "proj").register_forward_pre_hook(hook(i)) for i, b in enumerate(blocks)
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -136,15 +138,20 @@ def head_contribution_gram(
             handle.remove()
         model.train(was_training)
     grams = []
-    for block, moment in zip(blocks, moments, strict=True):
+    for i, (block, moment) in enumerate(zip(blocks, moments, strict=True)):
         if moment is None:
             raise ValueError("no calibration batches")
-        heads, head_dim = block.attn.num_heads, block.attn.head_dim
-        w = block.attn.proj.weight.double().reshape(-1, heads, head_dim)  # (D, H, d)
+        shape = layout.block_shape(block, i)
+        w = _by_v_dim(shape, layout.linear(block, "proj").weight.double(), 1)  # (D, H, d)
         cross = torch.einsum("ehd,egf->hgdf", w, w)  # W_hᵀ W_g
-        m = moment.reshape(heads, head_dim, heads, head_dim)  # Σ x_h x_gᵀ
+        m = _by_v_dim(shape, _by_v_dim(shape, moment, 0), 2)  # Σ x_h x_gᵀ, (H, d, H, d)
         grams.append(torch.einsum("hgdf,hdgf->hg", cross, m).cpu())
     return grams
+
+
+def _by_v_dim(shape: LayerShape, tensor: Tensor, dim: int) -> Tensor:
+    """Split ``dim`` (indexed like ``proj``'s input) into (head, v dim)."""
+    return layout.unit_view(shape, Unit.V_DIM, layout.PROJ_COLUMNS, tensor, dim)
 
 
 def head_importance(gram: Tensor, edges: str, damping: float) -> Tensor:
@@ -176,44 +183,22 @@ def calibration_batches(trainer: Any, count: int, seed: int) -> list[Tensor]:
 
 # ---------------------------------------------------------------- stage 2: projection
 def block_weights(model: nn.Module) -> Weights:
-    """The live parameters of every block, by TENSORS key."""
-    layers = []
-    for block in model.blocks:  # type: ignore[union-attr]
-        layer = {}
-        for key, (path, name) in TENSORS.items():
-            value = getattr(block.get_submodule(path), name)
-            if value is not None:
-                layer[key] = value
-        layers.append(layer)
-    return layers
+    """The live parameters of every block, by ``layout.TENSORS`` key."""
+    return [layout.block_tensors(block) for block in model.blocks]  # type: ignore[union-attr]
 
 
 def column_scores(space: SearchSpace, weights: Weights, heads: list[Tensor]) -> list[BlockKeep]:
     """Family-normalized unit energies; a head scores its dims' sum times H·π_h."""
     energies = []
     for shape, w in zip(space.layers, weights, strict=True):
-        h, d = shape.num_heads, shape.head_dim
-        width = h * d
-        rows = w["qkv_w"].detach().double().square().sum(1)
-        if "qkv_b" in w:
-            rows = rows + w["qkv_b"].detach().double().square()
-        neuron = w["fc1_w"].detach().double().square().sum(1)
-        if "fc1_b" in w:
-            neuron = neuron + w["fc1_b"].detach().double().square()
-        energies.append(
-            {
-                "qk": (rows[:width] + rows[width : 2 * width]).reshape(h, d),
-                "v": (rows[2 * width :] + w["proj_w"].detach().double().square().sum(0)).reshape(
-                    h, d
-                ),
-                "neuron": neuron + w["fc2_w"].detach().double().square().sum(0),
-            }
-        )
-    scale = {}  # mean energy per weight of each family (every unit owns 2·D weights)
-    for family in ("qk", "v", "neuron"):
+        energy = layout.energy(shape, w, list(FAMILIES.values()))
+        energies.append({family: energy[unit] for family, unit in FAMILIES.items()})
+    scale = {}  # mean energy per weight of each family
+    for family, unit in FAMILIES.items():
         total = sum(float(e[family].sum()) for e in energies)
         count = sum(
-            e[family].numel() * 2 * s.embed_dim for e, s in zip(energies, space.layers, strict=True)
+            e[family].numel() * layout.weight_count(s, unit)
+            for e, s in zip(energies, space.layers, strict=True)
         )
         scale[family] = total / count if total > 0 else 1.0
     scores = []
@@ -234,24 +219,10 @@ def column_scores(space: SearchSpace, weights: Weights, heads: list[Tensor]) -> 
 
 def structure_masks(space: SearchSpace, subnet: Subnet) -> Weights:
     """0/1 multipliers of the block tensors that zero exactly the subnet's pruned units."""
-    masks = []
-    for shape, k in zip(space.layers, subnet.to_keep(space, torch.float64), strict=True):
-        e = k.effective(shape)
-        qk, v = e.qk.flatten(), e.v.flatten()
-        rows = torch.cat([qk, qk, v])
-        masks.append(
-            {
-                "qkv_w": rows[:, None] * e.attn_in[None, :],
-                "qkv_b": rows,
-                "proj_w": v[None, :].expand(shape.embed_dim, -1),
-                "proj_b": e.attn.expand(shape.embed_dim),
-                "fc1_w": e.neuron[:, None] * e.mlp_in[None, :],
-                "fc1_b": e.neuron,
-                "fc2_w": e.neuron[None, :].expand(shape.embed_dim, -1),
-                "fc2_b": e.ffn.expand(shape.embed_dim),
-            }
-        )
-    return masks
+    return [
+        layout.weight_masks(shape, k.effective(shape))
+        for shape, k in zip(space.layers, subnet.to_keep(space, torch.float64), strict=True)
+    ]
 
 
 def project(
@@ -333,22 +304,21 @@ class _ADMM(TrainHooks):
         self.subnet = Subnet.from_dict(state["subnet"])
 
 
-class GOHSPStrategy(Strategy):
+class GOHSPStrategy(Strategy[GOHSPParams]):
     name = "gohsp"
     description = "GOHSP (AAAI'23, reconstructed): Markov-chain head ranking, ADMM soft pruning"
-    Params = GOHSPParams
+    requires_units = (Unit.HEAD, Unit.QK_DIM, Unit.V_DIM, Unit.NEURON)
+    units_error = (
+        "space.units: GOHSP prunes head, qk_dim, v_dim and neuron; the space searches none of them"
+    )
+    needs_trainer = True
+    trainer_error = "strategy: GOHSP ranks heads on training data; it needs a trainer"
+    fine_tune = FineTune(phase="gohsp_finetune")  # after the hard pruning
+    smoke_params: ClassVar[dict[str, Any]] = {"rank_batches": 2, "admm_epochs": 1}
 
     def search(self, context: SearchContext) -> SearchResult:
-        params: GOHSPParams = self.params  # type: ignore[assignment]
-        space = context.space
+        params, space = self.params, context.space
         target = self.target_macs(context)
-        if not any(space.searches(u) for u in (Unit.HEAD, Unit.QK_DIM, Unit.V_DIM, Unit.NEURON)):
-            raise UserError(
-                "space.units: GOHSP prunes head, qk_dim, v_dim and neuron; "
-                "the space searches none of them"
-            )
-        if context.trainer is None:
-            raise UserError("strategy: GOHSP ranks heads on training data; it needs a trainer")
         trainer, model = context.trainer, context.model
         model.to(trainer.device)
         batches = calibration_batches(trainer, params.rank_batches, context.seed)
@@ -361,8 +331,4 @@ class GOHSPStrategy(Strategy):
             )
         _, subnet = project(space, block_weights(model), heads, target)
         metrics = {"macs_ratio": subnet_cost(space, subnet).macs / dense_cost(space).macs}
-        if params.finetune_epochs == 0:
-            return SearchResult(subnet=subnet, model=model, metrics=metrics)
-        pruned = slice_subnet(model, subnet, context.spec)  # hard pruning
-        trainer.fit(pruned, params.finetune_epochs, phase="gohsp_finetune", lr=params.finetune_lr)
-        return SearchResult(subnet=subnet, model=pruned, metrics=metrics, fine_tuned=True)
+        return SearchResult(subnet=subnet, model=model, metrics=metrics)

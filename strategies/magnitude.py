@@ -16,6 +16,8 @@ Choices (no paper defines this baseline):
 * Scores are additive (a head is worth the sum of its dims), and units are removed greedily by
   importance lost per MAC saved until the budget is met (``automl_hiap.selection``), which is
   the "importance per MAC" ranking with the space's constraints respected.
+* Optional fine-tuning of the sliced model (``finetune_epochs``, default 0: one-shot) is the
+  core's fine-tune phase (``Strategy.run``). More in docs/strategies.md.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from automl_hiap import layout
 from automl_hiap.errors import UserError
 from automl_hiap.selection import select_to_budget
-from automl_hiap.slicing import slice_subnet
-from automl_hiap.space import BlockKeep
-from automl_hiap.strategy import SearchContext, SearchResult, Strategy, StrategyParams
+from automl_hiap.space import BlockKeep, Unit
+from automl_hiap.strategy import FineTune, SearchContext, SearchResult, Strategy, StrategyParams
 
 
 class MagnitudeParams(StrategyParams):
@@ -40,37 +42,27 @@ class MagnitudeParams(StrategyParams):
     finetune_lr: Annotated[float, Field(gt=0)] | None = None  # default: train.lr
 
 
-def _energy_rows(weight: Tensor, bias: Tensor | None) -> Tensor:
-    energy = weight.detach().double().square().sum(1)
-    return energy if bias is None else energy + bias.detach().double().square()
+# the unit families scored: BlockKeep field -> space unit
+FAMILIES = {
+    "qk": Unit.QK_DIM,
+    "v": Unit.V_DIM,
+    "neuron": Unit.NEURON,
+    "attn_in": Unit.ATTN_IN,
+    "mlp_in": Unit.MLP_IN,
+}
 
 
 @torch.no_grad()
 def unit_energies(model: torch.nn.Module) -> list[dict[str, Tensor]]:
     """Per layer: raw energies and weight counts of every unit family."""
     layers = []
-    for block in model.blocks:  # type: ignore[union-attr]
-        attn, mlp = block.attn, block.mlp
-        heads, head_dim = attn.num_heads, attn.head_dim
-        width = heads * head_dim
-        rows = _energy_rows(attn.qkv.weight, attn.qkv.bias)
-        proj_cols = attn.proj.weight.detach().double().square().sum(0)
-        fc2_cols = mlp.fc2.weight.detach().double().square().sum(0)
-        layers.append(
-            {
-                "qk": (rows[:width] + rows[width : 2 * width]).reshape(heads, head_dim),
-                "v": (rows[2 * width :] + proj_cols).reshape(heads, head_dim),
-                "neuron": _energy_rows(mlp.fc1.weight, mlp.fc1.bias) + fc2_cols,
-                "attn_in": attn.qkv.weight.detach().double().square().sum(0),
-                "mlp_in": mlp.fc1.weight.detach().double().square().sum(0),
-                # weights owned by one unit of each family (to normalize per weight)
-                "qk_size": torch.tensor(2.0 * attn.qkv.in_features),
-                "v_size": torch.tensor(float(attn.qkv.in_features + attn.proj.out_features)),
-                "neuron_size": torch.tensor(float(mlp.fc1.in_features + mlp.fc2.out_features)),
-                "attn_in_size": torch.tensor(float(attn.qkv.out_features)),
-                "mlp_in_size": torch.tensor(float(mlp.fc1.out_features)),
-            }
-        )
+    for i, block in enumerate(model.blocks):  # type: ignore[arg-type]
+        shape = layout.block_shape(block, i)
+        energy = layout.energy(shape, layout.block_tensors(block), list(FAMILIES.values()))
+        layer = {family: energy[unit] for family, unit in FAMILIES.items()}
+        for family, unit in FAMILIES.items():  # weights one unit owns (to normalize per weight)
+            layer[f"{family}_size"] = torch.tensor(float(layout.weight_count(shape, unit)))
+        layers.append(layer)
     return layers
 
 
@@ -78,7 +70,7 @@ def importance_scores(model: torch.nn.Module) -> list[BlockKeep]:
     """Family-normalized, additive unit importances for ``select_to_budget``."""
     energies = unit_energies(model)
     scale = {}
-    for family in ("qk", "v", "neuron", "attn_in", "mlp_in"):
+    for family in FAMILIES:
         total = sum(float(e[family].sum()) for e in energies)
         count = sum(e[family].numel() * float(e[f"{family}_size"]) for e in energies)
         scale[family] = total / count if total > 0 else 1.0  # mean energy per weight
@@ -100,10 +92,11 @@ def importance_scores(model: torch.nn.Module) -> list[BlockKeep]:
     return scores
 
 
-class MagnitudeStrategy(Strategy):
+class MagnitudeStrategy(Strategy[MagnitudeParams]):
     name = "magnitude"
     description = "baseline: one-shot pruning by weight energy per MAC, optional fine-tuning"
-    Params = MagnitudeParams
+    fine_tune = FineTune(phase="magnitude_finetune")
+    trainer_error = "strategy.params.finetune_epochs: fine-tuning needs training data"
 
     def search(self, context: SearchContext) -> SearchResult:
         target = self.target_macs(context)
@@ -112,11 +105,4 @@ class MagnitudeStrategy(Strategy):
             subnet = select_to_budget(context.space, scores, target)
         except ValueError as exc:
             raise UserError(f"budget: {exc}") from None
-        epochs = self.params.finetune_epochs  # type: ignore[attr-defined]
-        if epochs == 0:
-            return SearchResult(subnet=subnet, model=context.model)
-        if context.trainer is None:
-            raise UserError("strategy.params.finetune_epochs: fine-tuning needs training data")
-        pruned = slice_subnet(context.model, subnet, context.spec)
-        context.trainer.fit(pruned, epochs, phase="magnitude_finetune", lr=self.params.finetune_lr)  # type: ignore[attr-defined]
-        return SearchResult(subnet=subnet, model=pruned, fine_tuned=True)
+        return SearchResult(subnet=subnet, model=context.model)

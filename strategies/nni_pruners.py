@@ -25,6 +25,8 @@ Choices:
 * Only the units NNI masks are pruned (qk_dim, v_dim, neuron; heads and branches only as
   their dims go); input columns are not. A unit family the space does not search is kept
   whole, whatever NNI masked.
+* Optional fine-tuning of the sliced model (``finetune_epochs``, default 0) is the core's
+  fine-tune phase (``Strategy.run``). More in docs/strategies.md.
 """
 
 from __future__ import annotations
@@ -37,12 +39,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from automl_hiap.cost import expected_macs
+from automl_hiap import layout
 from automl_hiap.errors import UserError
-from automl_hiap.selection import select_to_budget
-from automl_hiap.slicing import slice_subnet
+from automl_hiap.selection import bisect_to_budget, select_to_budget
 from automl_hiap.space import BlockKeep, SearchSpace, Unit
-from automl_hiap.strategy import SearchContext, SearchResult, Strategy, StrategyParams
+from automl_hiap.strategy import FineTune, SearchContext, SearchResult, Strategy, StrategyParams
 from automl_hiap.subnet import Subnet
 
 INSTALL = "pip install 'automl_hiap[nni]'"
@@ -59,28 +60,32 @@ class NNIParams(StrategyParams):
     finetune_lr: Annotated[float, Field(gt=0)] | None = None  # default: train.lr
 
 
-def _kept_rows(masks: Masks, name: str, rows: int) -> Tensor:
-    """1.0 for each output row NNI keeps (all rows when the module was not pruned)."""
-    weight = masks.get(name, {}).get("weight")
-    if weight is None:
-        return torch.ones(rows, dtype=torch.float64)
-    return (weight.detach().reshape(rows, -1) != 0).any(1).double().cpu()
+# the Linears whose output rows NNI masks, and the unit families their rows are
+PRODUCERS = ("qkv", "fc1")
+FAMILIES = {"qk": Unit.QK_DIM, "v": Unit.V_DIM, "neuron": Unit.NEURON}
+
+
+def _kept(mask: Tensor, axis: int) -> Tensor:
+    """1.0 for each row NNI keeps (any weight of it unmasked)."""
+    return (mask != 0).any(axis).double().cpu()
 
 
 def masks_to_keep(space: SearchSpace, masks: Masks) -> list[BlockKeep]:
-    """NNI row masks of ``blocks.{i}.attn.qkv`` / ``blocks.{i}.mlp.fc1`` as unit keep values."""
+    """NNI row masks of ``blocks.{i}.attn.qkv`` / ``blocks.{i}.mlp.fc1`` as unit keep values
+    (a module NNI did not prune keeps every row)."""
     keeps = []
     for i, shape in enumerate(space.layers):
-        h, d = shape.num_heads, shape.head_dim
-        rows = _kept_rows(masks, f"blocks.{i}.attn.qkv", 3 * h * d)
-        q, k, v = rows.reshape(3, h, d)
-        values = {
-            "qk": q * k,
-            "v": v,
-            "neuron": _kept_rows(masks, f"blocks.{i}.mlp.fc1", shape.mlp_hidden),
-        }
-        units = {"qk": Unit.QK_DIM, "v": Unit.V_DIM, "neuron": Unit.NEURON}
-        keeps.append(BlockKeep(**{f: t for f, t in values.items() if space.searches(units[f])}))
+        weights = {}
+        for name in PRODUCERS:
+            rows = layout.axis_length(shape, name, layout.ROWS)
+            mask = masks.get(layout.module_name(i, name), {}).get("weight")
+            weights[f"{name}_w"] = (
+                torch.ones(rows, 1) if mask is None else mask.detach().reshape(rows, -1)
+            )
+        parts = layout.per_unit(shape, weights, FAMILIES.values(), _kept, axis=layout.ROWS)
+        (q, k), (v,), (neuron,) = (parts[unit] for unit in FAMILIES.values())
+        values = {"qk": q * k, "v": v, "neuron": neuron}
+        keeps.append(BlockKeep(**{f: t for f, t in values.items() if space.searches(FAMILIES[f])}))
     return keeps
 
 
@@ -140,7 +145,8 @@ def with_nni_masks(
     gradients its evaluator gathered; ``use`` runs while they are still held). The model is
     unwrapped afterwards, its weights unchanged."""
     nni, l1_pruner, taylor_pruner, evaluator_cls = _import_nni()
-    names = [name for name, _ in model.named_modules() if name.endswith((".attn.qkv", ".mlp.fc1"))]
+    suffixes = tuple(f".{layout.LINEARS[name]}" for name in PRODUCERS)
+    names = [name for name, _ in model.named_modules() if name.endswith(suffixes)]
     config = [{"op_names": names, "sparse_ratio": 0.5, "global_group_id": 0}]
     result: list[R] = []
 
@@ -195,42 +201,32 @@ def nni_subnet(
     space: SearchSpace, masks_at: Callable[[float], Masks], target: float, iterations: int = 14
 ) -> tuple[Subnet, float]:
     """Bisect NNI's sparse ratio to the smallest one meeting ``target``, adapt, repair."""
-
-    def macs(keeps: list[BlockKeep]) -> float:
-        return float(expected_macs(space, keeps))
-
-    low, high = 0.0, 0.99
-    best = masks_to_keep(space, masks_at(high))
-    if macs(best) <= target:
-        for _ in range(iterations):
-            middle = (low + high) / 2
-            keeps = masks_to_keep(space, masks_at(middle))
-            if macs(keeps) <= target:
-                high, best = middle, keeps
-            else:
-                low = middle
-    return repair(space, best, target), high
+    fit = bisect_to_budget(
+        space, lambda ratio: masks_to_keep(space, masks_at(ratio)), target, 0.99, iterations
+    )
+    return repair(space, fit.keeps, target), fit.value
 
 
-class NNIStrategy(Strategy):
+class NNIStrategy(Strategy[NNIParams]):
     name = "nni"
     description = "NNI 3.0 L1-norm / Taylor pruners on qkv and fc1 rows, mapped to our units"
-    Params = NNIParams
     requires: ClassVar[dict[str, str]] = {"nni": INSTALL}
+    requires_units = (Unit.QK_DIM, Unit.V_DIM, Unit.NEURON)
+    units_error = (
+        "space.units: the NNI pruners mask qk_dim, v_dim and neuron rows; "
+        "the space searches none of them"
+    )
+    trainer_error = "strategy.params: Taylor pruning and fine-tuning need training data"
+    fine_tune = FineTune(phase="nni_finetune")
+    smoke_params: ClassVar[dict[str, Any]] = {"pruner": "taylor", "taylor_batches": 2}
+
+    def uses_trainer(self) -> bool:
+        """Taylor importance reads gradients of training batches; L1 needs no data."""
+        return self.params.pruner == "taylor" or super().uses_trainer()
 
     def search(self, context: SearchContext) -> SearchResult:
-        params: NNIParams = self.params  # type: ignore[assignment]
-        space = context.space
+        params, space, trainer = self.params, context.space, context.trainer
         target = self.target_macs(context)
-        if not any(space.searches(u) for u in (Unit.QK_DIM, Unit.V_DIM, Unit.NEURON)):
-            raise UserError(
-                "space.units: the NNI pruners mask qk_dim, v_dim and neuron rows; "
-                "the space searches none of them"
-            )
-        trainer = context.trainer
-        needs_data = params.pruner == "taylor" or params.finetune_epochs > 0
-        if needs_data and trainer is None:
-            raise UserError("strategy.params: Taylor pruning and fine-tuning need training data")
         device = trainer.device if trainer is not None else next(context.model.parameters()).device
         context.model.to(device)
         batches = (
@@ -245,9 +241,4 @@ class NNIStrategy(Strategy):
             device,
             lambda masks_at: nni_subnet(space, masks_at, target),
         )
-        metrics = {"nni_sparse_ratio": ratio}
-        if params.finetune_epochs == 0:
-            return SearchResult(subnet=subnet, model=context.model, metrics=metrics)
-        pruned = slice_subnet(context.model, subnet, context.spec)
-        trainer.fit(pruned, params.finetune_epochs, phase="nni_finetune", lr=params.finetune_lr)
-        return SearchResult(subnet=subnet, model=pruned, metrics=metrics, fine_tuned=True)
+        return SearchResult(subnet=subnet, model=context.model, metrics={"nni_sparse_ratio": ratio})

@@ -9,8 +9,10 @@ with its ``proj`` column, an FFN neuron (``fc1`` row, ``fc2`` column). Importanc
 the L1 norm of the weight gradient of the unit's rows, ½(q + k) for Q&K, ranked against one
 global threshold over all unit types and layers.
 
-Choices where the paper is silent or its released code (``Ahnho/SERo``) disagrees with it
-(``methods.md`` §2.6–2.7):
+Re-optimization is the core's fine-tune phase (``Strategy.run``), declared here under the
+paper's names ``reopt_epochs`` / ``reopt_lr``. Equations and defaults: docs/strategies.md.
+
+Choices where the paper is silent or its released code (``Ahnho/SERo``) disagrees with it:
 
 * Mask rule: the code's ``get_vit_masks_with_independent_heads``, the closest available
   variant (the default ``--method ours`` calls a function that exists in no commit): after the
@@ -49,18 +51,26 @@ Choices where the paper is silent or its released code (``Ahnho/SERo``) disagree
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from automl_hiap import layout
 from automl_hiap.cost import dense_cost, expected_macs
 from automl_hiap.errors import UserError
 from automl_hiap.masking import Masks
-from automl_hiap.slicing import slice_subnet
+from automl_hiap.selection import bisect_to_budget, survivors, top_kept
 from automl_hiap.space import BlockKeep, SearchSpace, Unit
-from automl_hiap.strategy import SearchContext, SearchResult, Strategy, StrategyParams, TrainHooks
+from automl_hiap.strategy import (
+    FineTune,
+    SearchContext,
+    SearchResult,
+    Strategy,
+    StrategyParams,
+    TrainHooks,
+)
 from automl_hiap.subnet import Subnet
 
 # SERo's unit families: BlockKeep field -> space unit
@@ -91,65 +101,42 @@ class SERoParams(StrategyParams):
 def gradient_importance(model: nn.Module) -> list[dict[str, Tensor]]:
     """Per layer, the mean |gradient| of each unit's weight rows (paper Eq. 1–3)."""
     layers = []
-    for block in model.blocks:  # type: ignore[union-attr]
-        attn, fc1 = block.attn, block.mlp.fc1
-        heads, head_dim = attn.num_heads, attn.head_dim
-        width = heads * head_dim
-        rows = _row_grad(attn.qkv.weight)
-        q, k, v = rows[:width], rows[width : 2 * width], rows[2 * width :]
-        layers.append(
-            {
-                "qk": (0.5 * (q + k)).reshape(heads, head_dim),
-                "v": v.reshape(heads, head_dim),
-                "neuron": _row_grad(fc1.weight),
-            }
-        )
+    for i, block in enumerate(model.blocks):  # type: ignore[arg-type]
+        shape = layout.block_shape(block, i)
+        weights = layout.block_tensors(block)
+        grads = {key: _grad(weights[key]) for key in ("qkv_w", "fc1_w")}  # the rows' producers
+        parts = layout.per_unit(shape, grads, FAMILIES.values(), _mean_abs, axis=layout.ROWS)
+        (q, k), (v,), (neuron,) = (parts[unit] for unit in FAMILIES.values())
+        layers.append({"qk": 0.5 * (q + k), "v": v, "neuron": neuron})
     return layers
 
 
-def _row_grad(weight: Tensor) -> Tensor:
-    if weight.grad is None:
-        return torch.zeros(weight.shape[0], dtype=torch.float64)
-    return weight.grad.detach().abs().mean(1).double().cpu()
+def _grad(weight: Tensor) -> Tensor:
+    return torch.zeros_like(weight) if weight.grad is None else weight.grad.detach()
 
 
-def _floor_allowed(space: SearchSpace, count: int, full: int, minimum: int) -> int:
-    """The largest allowed kept count <= count (a multiple of round_to, or full), >= minimum."""
-    if count >= full:
-        return full
-    return max(count // space.round_to * space.round_to, minimum)
-
-
-def _top(scores: Tensor, count: int) -> Tensor:
-    keep = torch.zeros(scores.shape[-1], dtype=torch.float64)
-    keep[torch.argsort(-scores, stable=True)[:count]] = 1.0
-    return keep
+def _mean_abs(values: Tensor, axis: int) -> Tensor:
+    return values.abs().mean(axis).double().cpu()
 
 
 def sero_masks(space: SearchSpace, scores: list[dict[str, Tensor]], pruned: int) -> list[BlockKeep]:
     """The mask after removing the ``pruned`` lowest-scored units under one global threshold,
     with SERo's per-layer equal head widths and the space's allowed counts."""
     families = [f for f, unit in FAMILIES.items() if space.searches(unit)]
-    pool = torch.cat([s[f].flatten() for s in scores for f in families])
-    above = torch.ones(pool.numel(), dtype=torch.bool)
-    above[torch.argsort(pool, stable=True)[:pruned]] = False
-    keeps, offset = [], 0
+    above = iter(survivors([s[f] for s in scores for f in families], pruned))
+    keeps = []
     for i, (shape, s) in enumerate(zip(space.layers, scores, strict=True)):
         values: dict[str, Tensor] = {}
         for family in families:
-            n = s[family].numel()
-            alive = above[offset : offset + n].reshape(s[family].shape)
-            offset += n
+            alive = next(above)
             if family == "neuron":
                 count = max(1, int(alive.sum()))
-                count = _floor_allowed(space, count, shape.mlp_hidden, space.min_neurons(i))
-                values[family] = _top(s[family], count)
+                count = space.allowed_kept(count, shape.mlp_hidden, space.min_neurons(i))
+                values[family] = top_kept(s[family], count)
             else:  # one width for every head of the layer: the mean count above threshold
                 per_head = alive.sum(1).clamp(min=1).double()
-                count = _floor_allowed(
-                    space, int(per_head.mean()), shape.head_dim, space.min_dims(i)
-                )
-                values[family] = torch.stack([_top(row, count) for row in s[family]])
+                count = space.allowed_kept(int(per_head.mean()), shape.head_dim, space.min_dims(i))
+                values[family] = torch.stack([top_kept(row, count) for row in s[family]])
         keeps.append(BlockKeep(**values))
     return keeps
 
@@ -162,20 +149,13 @@ def units_for_budget(space: SearchSpace, scores: list[dict[str, Tensor]], target
     """The fewest units to prune so that the SERo mask meets ``target`` MACs (bisection:
     MACs never grow as more units go)."""
     total = sum(s[f].numel() for s in scores for f, u in FAMILIES.items() if space.searches(u))
-    smallest = _macs(space, sero_masks(space, scores, total))
-    if smallest > target:
+    fit = bisect_to_budget(space, lambda pruned: sero_masks(space, scores, pruned), target, total)
+    if not fit.feasible:
         raise UserError(
             f"budget: SERo's smallest structure (minimum dims per head and neurons per layer) "
-            f"has {smallest:.4g} MACs, above the target {target:.4g}"
+            f"has {fit.macs:.4g} MACs, above the target {target:.4g}"
         )
-    low, high = 0, total
-    while low < high:
-        middle = (low + high) // 2
-        if _macs(space, sero_masks(space, scores, middle)) <= target:
-            high = middle
-        else:
-            low = middle + 1
-    return low
+    return fit.value
 
 
 class _Exploration(TrainHooks):
@@ -262,22 +242,26 @@ class _Exploration(TrainHooks):
         self._apply()
 
 
-class SERoStrategy(Strategy):
+class SERoStrategy(Strategy[SERoParams]):
     name = "sero"
     description = "SERo (UAI'25): gradient-magnitude mask exploration, compression, re-optimization"
-    Params = SERoParams
+    requires_units = tuple(FAMILIES.values())
+    units_error = (
+        "space.units: SERo prunes qk_dim, v_dim and neuron; the space searches none of them"
+    )
+    needs_trainer = True
+    trainer_error = "strategy: SERo trains; it needs training data (a trainer)"
+    # re-optimization: a fresh optimizer and schedule on the physically compressed model
+    fine_tune = FineTune(phase="sero_reopt", epochs="reopt_epochs", lr="reopt_lr")
+    smoke_params: ClassVar[dict[str, Any]] = {
+        "explore_epochs": 2,
+        "warmup_epochs": 1,
+        "mask_every": 2,
+    }
 
     def search(self, context: SearchContext) -> SearchResult:
-        params: SERoParams = self.params  # type: ignore[assignment]
-        space = context.space
+        params, space, trainer = self.params, context.space, context.trainer
         target = self.target_macs(context)
-        if not any(space.searches(unit) for unit in FAMILIES.values()):
-            raise UserError(
-                "space.units: SERo prunes qk_dim, v_dim and neuron; the space searches none of them"
-            )
-        if context.trainer is None:
-            raise UserError("strategy: SERo trains; it needs training data (a trainer)")
-        trainer = context.trainer
         hooks = _Exploration(context.model, space, target, params, trainer.steps_per_epoch())
         try:
             trainer.fit(
@@ -290,9 +274,4 @@ class SERoStrategy(Strategy):
         finally:
             hooks.masks.remove()
         subnet = Subnet.from_keep(space, hooks.keeps).validate(space)
-        metrics = hooks.metrics()
-        if params.reopt_epochs == 0:
-            return SearchResult(subnet=subnet, model=context.model, metrics=metrics)
-        pruned = slice_subnet(context.model, subnet, context.spec)  # physical compression
-        trainer.fit(pruned, params.reopt_epochs, phase="sero_reopt", lr=params.reopt_lr)
-        return SearchResult(subnet=subnet, model=pruned, metrics=metrics, fine_tuned=True)
+        return SearchResult(subnet=subnet, model=context.model, metrics=hooks.metrics())

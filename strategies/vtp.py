@@ -1,9 +1,10 @@
-"""VTP: Vision Transformer Pruning (Zhu, Tang, Han; arXiv 2104.08500).
+"""VTP: Vision Transformer Pruning (Zhu, Tang, Han; arXiv 2104.08500, 2021).
 
 Network slimming for ViT dimensions: learnable importance scores â multiply the inputs of the
 linear projections, ``L = L_task + λ‖â‖₁`` is trained end to end, a global threshold over all
 scores selects the dimensions to keep, and the pruned model is fine-tuned without the ℓ1 term.
-Per block there are four score vectors (``methods.md`` §3.1), mapped onto this project's units:
+The fine-tuning is the core's fine-tune phase (``Strategy.run``); equations and defaults are in
+docs/strategies.md. Per block there are four score vectors, mapped onto this project's units:
 
 ========================  ============  =================================================
 score on                  unit          what a pruned entry removes
@@ -40,18 +41,25 @@ Choices where the sources are silent (the paper body is known only through a sum
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from automl_hiap.cost import expected_macs
+from automl_hiap import layout
 from automl_hiap.errors import UserError
 from automl_hiap.masking import Masks
-from automl_hiap.slicing import slice_subnet
-from automl_hiap.space import BlockKeep, LayerShape, SearchSpace, Unit
-from automl_hiap.strategy import SearchContext, SearchResult, Strategy, StrategyParams, TrainHooks
+from automl_hiap.selection import bisect_to_budget, survivors, top_kept
+from automl_hiap.space import BlockKeep, SearchSpace, Unit
+from automl_hiap.strategy import (
+    FineTune,
+    SearchContext,
+    SearchResult,
+    Strategy,
+    StrategyParams,
+    TrainHooks,
+)
 from automl_hiap.subnet import Subnet
 
 # VTP's score vectors: BlockKeep field -> space unit
@@ -81,48 +89,28 @@ def _minimum(space: SearchSpace, layer: int, family: str) -> int:
     return 1
 
 
-def _full(shape: LayerShape, family: str) -> int:
-    return {"v": shape.head_dim, "neuron": shape.mlp_hidden}.get(family, shape.embed_dim)
-
-
 def threshold_masks(
     space: SearchSpace, scores: list[dict[str, Tensor]], pruned: int
 ) -> list[BlockKeep]:
     """0/1 keep values after removing the ``pruned`` entries of lowest |score| (one global
     threshold), with each group's count floored to an allowed one (its top entries kept)."""
     families = _families(space)
-    pool = torch.cat(
-        [s[f].detach().abs().flatten().double().cpu() for s in scores for f in families]
-    )
-    alive = torch.ones(pool.numel(), dtype=torch.bool)
-    alive[torch.argsort(pool, stable=True)[:pruned]] = False
-    keeps, offset = [], 0
-    for i, (shape, s) in enumerate(zip(space.layers, scores, strict=True)):
+    magnitudes = [s[f].detach().abs().double().cpu() for s in scores for f in families]
+    alive = iter(zip(magnitudes, survivors(magnitudes, pruned), strict=True))
+    keeps = []
+    for i in range(space.depth):
         values = {}
         for family in families:
-            magnitude = s[family].detach().abs().double().cpu()
-            n = magnitude.numel()
-            groups_alive = alive[offset : offset + n].reshape(-1, _full(shape, family))
-            offset += n
+            magnitude, above = next(alive)
+            groups = magnitude.reshape(-1, magnitude.shape[-1])  # per head for v dims
             rows = []
-            for row, row_alive in zip(
-                magnitude.reshape(groups_alive.shape), groups_alive, strict=True
-            ):
-                count = _floor_allowed(
-                    space, int(row_alive.sum()), row.numel(), _minimum(space, i, family)
-                )
-                keep = torch.zeros(row.numel(), dtype=torch.float64)
-                keep[torch.argsort(-row, stable=True)[:count]] = 1.0
-                rows.append(keep)
+            for row, row_alive in zip(groups, above.reshape(groups.shape), strict=True):
+                count = int(row_alive.sum())
+                count = space.allowed_kept(count, row.numel(), _minimum(space, i, family))
+                rows.append(top_kept(row, count))
             values[family] = torch.stack(rows).reshape(magnitude.shape)
         keeps.append(BlockKeep(**values))
     return keeps
-
-
-def _floor_allowed(space: SearchSpace, count: int, full: int, minimum: int) -> int:
-    if count >= full:
-        return full
-    return max(count // space.round_to * space.round_to, minimum)
 
 
 def threshold_to_budget(
@@ -130,23 +118,15 @@ def threshold_to_budget(
 ) -> Subnet:
     """The global threshold that keeps the most entries while meeting ``target`` MACs."""
     total = sum(s[f].numel() for s in scores for f in _families(space))
-
-    def macs(pruned: int) -> float:
-        return float(expected_macs(space, threshold_masks(space, scores, pruned)))
-
-    if macs(total) > target:
+    fit = bisect_to_budget(
+        space, lambda pruned: threshold_masks(space, scores, pruned), target, total
+    )
+    if not fit.feasible:
         raise UserError(
-            f"budget: VTP's smallest structure has {macs(total):.4g} MACs, above the target "
+            f"budget: VTP's smallest structure has {fit.macs:.4g} MACs, above the target "
             f"{target:.4g}; search more units (space.units) or raise the budget"
         )
-    low, high = 0, total
-    while low < high:
-        middle = (low + high) // 2
-        if macs(middle) <= target:
-            high = middle
-        else:
-            low = middle + 1
-    return Subnet.from_keep(space, threshold_masks(space, scores, low)).validate(space)
+    return Subnet.from_keep(space, fit.keeps).validate(space)
 
 
 class _SparseTraining(TrainHooks):
@@ -199,37 +179,34 @@ class _SparseTraining(TrainHooks):
 
 @torch.no_grad()
 def fold_scores(model: nn.Module, scores: list[dict[str, Tensor]]) -> None:
-    """Multiply each weight column by the score that scaled its input."""
+    """Multiply each weight column by the score that scaled its input (every VTP score gates
+    input columns: ``layout.GATES``)."""
     blocks: Any = model.blocks
-    for block, s in zip(blocks, scores, strict=True):
-        targets = {
-            "attn_in": block.attn.qkv,
-            "v": block.attn.proj,
-            "mlp_in": block.mlp.fc1,
-            "neuron": block.mlp.fc2,
-        }
+    for i, (block, s) in enumerate(zip(blocks, scores, strict=True)):
+        shape = layout.block_shape(block, i)
         for family, values in s.items():
-            weight = targets[family].weight
-            weight.mul_(values.detach().flatten().to(weight)[None, :])
+            where = layout.GATES[FAMILIES[family]]
+            assert where.axis == layout.COLUMNS
+            weight = layout.linear(block, where.linear).weight
+            column = layout.expand(shape, FAMILIES[family], where, values.detach())
+            weight.mul_(column.to(weight)[None, :])
 
 
-class VTPStrategy(Strategy):
+class VTPStrategy(Strategy[VTPParams]):
     name = "vtp"
     description = "VTP (2021): ℓ1-trained dimension scores, global threshold, fine-tuning"
-    Params = VTPParams
+    requires_units = tuple(FAMILIES.values())
+    units_error = (
+        "space.units: VTP scores attn_in, v_dim, mlp_in and neuron; the space searches none of them"
+    )
+    needs_trainer = True
+    trainer_error = "strategy: VTP trains; it needs training data (a trainer)"
+    fine_tune = FineTune(phase="vtp_finetune")
+    smoke_params: ClassVar[dict[str, Any]] = {"sparse_epochs": 1}
 
     def search(self, context: SearchContext) -> SearchResult:
-        params: VTPParams = self.params  # type: ignore[assignment]
-        space = context.space
+        params, space, trainer = self.params, context.space, context.trainer
         target = self.target_macs(context)
-        if not _families(space):
-            raise UserError(
-                "space.units: VTP scores attn_in, v_dim, mlp_in and neuron; "
-                "the space searches none of them"
-            )
-        if context.trainer is None:
-            raise UserError("strategy: VTP trains; it needs training data (a trainer)")
-        trainer = context.trainer
         context.model.to(trainer.device)
         hooks = _SparseTraining(context.model, space, params)
         try:
@@ -245,9 +222,4 @@ class VTPStrategy(Strategy):
         scores = [{f: p.detach() for f, p in s.items()} for s in hooks.scores]
         subnet = threshold_to_budget(space, scores, target)
         fold_scores(context.model, scores)
-        metrics = hooks.metrics()
-        if params.finetune_epochs == 0:
-            return SearchResult(subnet=subnet, model=context.model, metrics=metrics)
-        pruned = slice_subnet(context.model, subnet, context.spec)
-        trainer.fit(pruned, params.finetune_epochs, phase="vtp_finetune", lr=params.finetune_lr)
-        return SearchResult(subnet=subnet, model=pruned, metrics=metrics, fine_tuned=True)
+        return SearchResult(subnet=subnet, model=context.model, metrics=hooks.metrics())

@@ -1,107 +1,56 @@
-"""Every registered strategy must pass these (the conformance suite, like Optuna's samplers):
-its subnet validates against the space, respects the budget, is seed-deterministic, and the
-masked model equals the exported one.
-
-Strategies that train get a tiny trainer on synthetic data; ``FAST`` gives each known strategy
-params that make a run a few optimizer steps. A plugin not listed here runs with its defaults;
-a strategy whose optional package is missing is skipped with its install command.
-"""
+"""Every registered strategy passes the packaged conformance suite (``automl_hiap.testing``):
+declarations, requirement errors, subnet validates and meets the budget, seed-deterministic,
+masked == exported, and the core's fine-tune phase on the sliced model. Each strategy brings
+its own fast ``smoke_params``; one whose optional package is missing is skipped with its
+install command."""
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import pytest
-import torch
 
-import automl_hiap as ah
-from automl_hiap import plugins
-from automl_hiap.config import TrainConfig
-from automl_hiap.space import Constraints
-from automl_hiap.strategy import SearchContext, SearchResult
-from automl_hiap.trainer import Trainer
+from automl_hiap import plugins, testing
+from automl_hiap.errors import UserError
+from automl_hiap.strategy import SearchContext, SearchResult, Strategy, StrategyParams
+from automl_hiap.subnet import Subnet
 
-from .conftest import synthetic_data, tiny_spec
-
-BUDGET_TOLERANCE = 0.03
-FAST: dict[str, dict[str, Any]] = {
-    "magnitude": {},
-    "hiap": {"epochs": 1},
-    "sero": {"explore_epochs": 2, "warmup_epochs": 1, "mask_every": 2, "reopt_epochs": 0},
-    "gohsp": {"rank_batches": 2, "admm_epochs": 1, "finetune_epochs": 0},
-    "vtp": {"sparse_epochs": 1, "finetune_epochs": 0},
-    "nni": {"pruner": "taylor", "taylor_batches": 2},
-}
-# the same runs with a fine-tuning phase after export (strategies that have one)
-FINETUNE: dict[str, dict[str, Any]] = {
-    "magnitude": {"finetune_epochs": 1},
-    "sero": {"reopt_epochs": 1},
-    "gohsp": {"finetune_epochs": 1},
-    "vtp": {"finetune_epochs": 1},
-    "nni": {"finetune_epochs": 1},
-}
-STRATEGIES = sorted(plugins.available())
+CASES = [
+    (name, check) for name, cls in plugins.available().items() for check in testing.checks_for(cls)
+]
 
 
-def tiny_trainer(seed: int) -> Trainer:
-    return Trainer(TrainConfig(batch_size=16, lr=1e-3, seed=seed), synthetic_data(), device="cpu")
+@pytest.mark.parametrize(("name", "check"), CASES)
+def test_conformance(name: str, check: str) -> None:
+    testing.run_check(plugins.available()[name], check)
 
 
-@functools.cache
-def run(name: str, seed: int = 0, finetune: bool = False) -> tuple[SearchContext, SearchResult]:
-    missing = plugins.missing_requirements(plugins.available()[name])
-    if missing:
-        pytest.skip(f"{name} needs an optional package: {'; '.join(missing)}")
-    torch.manual_seed(seed)
-    spec = tiny_spec(depth=3, embed_dim=48, num_heads=3)
-    model = spec.create().eval()
-    space = ah.SearchSpace.from_model(model, constraints=Constraints(round_to=2, min_head_dims=2))
-    target = 0.5 * ah.dense_cost(space).macs
-    ctx = SearchContext(model, spec, space, target, seed=seed, trainer=tiny_trainer(seed))
-    params = {**FAST.get(name, {}), **(FINETUNE.get(name, {}) if finetune else {})}
-    strategy = plugins.get(name).from_dict(params)
-    return ctx, strategy.search(ctx)
+def test_every_strategy_with_a_fine_tune_phase_is_checked_on_it() -> None:
+    tuned = {name for name, check in CASES if check == "fine_tuned_model_is_the_exported_subnet"}
+    assert tuned >= {"magnitude", "sero", "gohsp", "vtp", "nni"}
 
 
-@pytest.mark.parametrize("name", STRATEGIES)
-def test_subnet_validates_and_respects_the_budget(name: str) -> None:
-    ctx, result = run(name)
-    assert result.subnet.problems(ctx.space) == []
-    assert ctx.target_macs is not None
-    macs = ah.subnet_cost(ctx.space, result.subnet).macs
-    assert macs <= ctx.target_macs * (1 + BUDGET_TOLERANCE)
+class Dense(Strategy[StrategyParams]):
+    """Keeps everything: ignores the budget, which the suite must catch."""
+
+    name = "dense_for_tests"
+    description = "a test double that ignores the budget"
+
+    def search(self, context: SearchContext) -> SearchResult:
+        dense = Subnet.from_keep(context.space, context.space.dense_keep())
+        return SearchResult(dense, context.model)
 
 
-@pytest.mark.parametrize("name", STRATEGIES)
-def test_seed_deterministic(name: str) -> None:
-    """Two runs with one seed decide the same subnet (for a strategy that fine-tunes, the
-    second run is the fine-tuning one: its decision comes before the fine-tuning)."""
-    first = run(name)[1]
-    second = run(name, finetune=True)[1] if name in FINETUNE else run.__wrapped__(name)[1]
-    assert first.subnet == second.subnet
+def test_a_strategy_that_ignores_the_budget_fails_with_a_clear_message() -> None:
+    with pytest.raises(AssertionError, match=r"'dense_for_tests': its subnet has \d+ MACs, above"):
+        testing.check_strategy(Dense)
 
 
-@pytest.mark.parametrize("name", STRATEGIES)
-def test_masked_equals_exported(name: str) -> None:
-    ctx, result = run(name)
-    model, subnet = result.model.eval(), result.subnet
-    hooked = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m._forward_pre_hooks]
-    assert hooked == [], "the strategy left masks attached to the model it returns"
-    assert not result.fine_tuned
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad(), ah.Masks(model, ctx.space, subnet.to_keep(ctx.space)):
-        masked = model(x)
-    with torch.no_grad():
-        exported = ah.slice_subnet(model, subnet, ctx.spec).eval()(x)
-    assert (masked - exported).abs().max() <= 1e-4
+def test_requirements_are_checked_before_search() -> None:
+    class Never(Dense):
+        name = "never_for_tests"
+        needs_trainer = True
 
+        def search(self, context: SearchContext) -> SearchResult:
+            raise AssertionError("search ran although a requirement is missing")
 
-@pytest.mark.parametrize("name", [n for n in STRATEGIES if n in FINETUNE])
-def test_fine_tuned_model_is_the_exported_subnet(name: str) -> None:
-    ctx, result = run(name, finetune=True)
-    assert result.fine_tuned
-    assert result.subnet.problems(ctx.space) == []
-    assert result.model.subnet == result.subnet
-    params = sum(p.numel() for p in result.model.parameters())
-    assert params == ah.subnet_cost(ctx.space, result.subnet).params
+    with pytest.raises(UserError, match=r"'never_for_tests' trains; it needs training data"):
+        Never().run(testing.tiny_context(trainer=False))

@@ -13,17 +13,14 @@ from automl_hiap.config import load_config
 from automl_hiap.data import build_datasets
 from automl_hiap.space import ALL_UNITS, BlockKeep, Constraints, Unit
 from automl_hiap.strategies.hiap import (
-    Gates,
     HiAPParams,
     HiAPSearch,
     HiAPStrategy,
     cost_split,
     feasibility_penalty,
-    gumbel_sigmoid,
-    noise_scale,
     repair_scores,
-    temperature,
 )
+from automl_hiap.strategies.hiap_gates import Gates, gumbel_sigmoid, noise_scale, temperature
 from automl_hiap.strategy import SearchContext
 from automl_hiap.trainer import Trainer
 

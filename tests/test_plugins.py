@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+import textwrap
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 
-from automl_hiap import plugins
+from automl_hiap import plugins, testing
 from automl_hiap.cli import main
 from automl_hiap.errors import UserError
 from automl_hiap.strategy import SearchContext, SearchResult, Strategy
@@ -68,3 +71,65 @@ def test_cli_lists_strategies_with_descriptions(capsys) -> None:
     assert main(["strategies"]) == 0
     line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("magnitude"))
     assert "baseline" in line
+
+
+PLUGIN = "automl_hiap_example_plugin"
+PLUGIN_SOURCE = """
+    \"\"\"A strategy that lives outside automl_hiap: seeded random unit scores, greedy to the
+    budget, with the core's fine-tune phase.\"\"\"
+
+    from typing import Annotated
+
+    import torch
+    from pydantic import Field
+
+    from automl_hiap.selection import select_to_budget
+    from automl_hiap.space import Unit
+    from automl_hiap.strategy import FineTune, SearchContext, SearchResult, Strategy, StrategyParams
+
+
+    class RandomParams(StrategyParams):
+        finetune_epochs: Annotated[int, Field(ge=0)] = 0
+        finetune_lr: Annotated[float, Field(gt=0)] | None = None
+
+
+    class RandomStrategy(Strategy[RandomParams]):
+        name = "random_plugin"
+        description = "example plugin: random unit scores, greedy to the budget"
+        requires_units = (Unit.V_DIM, Unit.NEURON)
+        fine_tune = FineTune(phase="random_finetune")
+
+        def search(self, context: SearchContext) -> SearchResult:
+            generator = torch.Generator().manual_seed(context.seed)
+            scores = [
+                keep.map(lambda t: torch.rand(t.shape, generator=generator, dtype=torch.float64))
+                for keep in context.space.dense_keep()
+            ]
+            subnet = select_to_budget(context.space, scores, self.target_macs(context))
+            return SearchResult(subnet=subnet, model=context.model)
+"""
+
+
+def test_a_plugin_registered_through_the_entry_point_group_passes_the_suite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module and its dist-info outside the package, found by entry-point discovery, and
+    checked by the packaged conformance suite with one call."""
+    (tmp_path / f"{PLUGIN}.py").write_text(textwrap.dedent(PLUGIN_SOURCE))
+    info = tmp_path / f"{PLUGIN}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PLUGIN}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        f"[{plugins.ENTRY_POINT_GROUP}]\nrandom_plugin = {PLUGIN}:RandomStrategy\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        plugins.discover(force=True)
+        cls = plugins.get("random_plugin")
+        assert cls.__module__ == PLUGIN and cls.Params.__name__ == "RandomParams"
+        assert "magnitude" in plugins.available()  # the built-ins still load beside it
+        assert "fine_tuned_model_is_the_exported_subnet" in testing.checks_for(cls)
+        testing.check_strategy(cls)
+    finally:
+        sys.modules.pop(PLUGIN, None)
+        testing.clear_cache()

@@ -127,7 +127,7 @@ def test_fine_tuning_runs_on_the_exported_model_without_the_l1_term() -> None:
         TrainConfig(batch_size=16, lr=1e-3), synthetic_data(32), device="cpu"
     )
     ctx = SearchContext(model, spec, space, 0.5 * ah.dense_cost(space).macs, trainer=trainer)
-    result = VTPStrategy(VTPParams(sparse_epochs=1, finetune_epochs=1, l1=0.1)).search(ctx)
+    result = VTPStrategy(VTPParams(sparse_epochs=1, finetune_epochs=1, l1=0.1)).run(ctx)
     sparse, finetune = trainer.calls
     assert sparse["phase"] == "vtp_sparse" and sparse["hooks"].extra_loss(torch.zeros(1), None) > 0
     assert finetune["phase"] == "vtp_finetune" and finetune["hooks"] is None
