@@ -124,6 +124,9 @@ class TrainHooks:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
 
+    def close(self) -> None:
+        """After the phase, also when it failed: detach what these hooks attached (masks)."""
+
 
 def unit_listing(units: tuple[Unit, ...]) -> str:
     """``a, b and c``: the units named in a requirement's error message."""
@@ -216,6 +219,16 @@ class Strategy(ABC, Generic[P]):
             raise UserError(self.units_error.format(name=self.name, units=unit_listing(units)))
         if context.trainer is None and self.uses_trainer():
             raise UserError(self.trainer_error.format(name=self.name))
+
+    def train_phase(
+        self, context: SearchContext, hooks: TrainHooks, phase: str, epochs: int, lr: float | None
+    ) -> Any:
+        """Train ``context.model`` for one phase with ``hooks``, closed after it (also on an
+        error); returns the trainer's FitResult."""
+        try:
+            return context.trainer.fit(context.model, epochs, phase=phase, hooks=hooks, lr=lr)
+        finally:
+            hooks.close()
 
     @abstractmethod
     def search(self, context: SearchContext) -> SearchResult:

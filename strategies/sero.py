@@ -218,6 +218,9 @@ class _Exploration(TrainHooks):
         kept = sum(float(getattr(k, f).sum()) for k in self.keeps for f in self._families())
         return 1.0 - kept / self.total_units
 
+    def close(self) -> None:
+        self.masks.remove()
+
     def metrics(self) -> dict[str, float]:
         dense = float(dense_cost(self.space).macs)
         return {
@@ -263,15 +266,6 @@ class SERoStrategy(Strategy[SERoParams]):
         params, space, trainer = self.params, context.space, context.trainer
         target = self.target_macs(context)
         hooks = _Exploration(context.model, space, target, params, trainer.steps_per_epoch())
-        try:
-            trainer.fit(
-                context.model,
-                params.explore_epochs,
-                phase="sero_explore",
-                hooks=hooks,
-                lr=params.explore_lr,
-            )
-        finally:
-            hooks.masks.remove()
+        self.train_phase(context, hooks, "sero_explore", params.explore_epochs, params.explore_lr)
         subnet = Subnet.from_keep(space, hooks.keeps).validate(space)
         return SearchResult(subnet=subnet, model=context.model, metrics=hooks.metrics())

@@ -160,6 +160,9 @@ class _SparseTraining(TrainHooks):
             (p.abs().sum() for p in self.parameters()), logits.new_zeros(())
         )
 
+    def close(self) -> None:
+        self.masks.remove()
+
     def metrics(self) -> dict[str, float]:
         values = torch.cat([p.detach().abs().flatten() for p in self.parameters()])
         return {
@@ -209,16 +212,7 @@ class VTPStrategy(Strategy[VTPParams]):
         target = self.target_macs(context)
         context.model.to(trainer.device)
         hooks = _SparseTraining(context.model, space, params)
-        try:
-            trainer.fit(
-                context.model,
-                params.sparse_epochs,
-                phase="vtp_sparse",
-                hooks=hooks,
-                lr=params.sparse_lr,
-            )
-        finally:
-            hooks.masks.remove()
+        self.train_phase(context, hooks, "vtp_sparse", params.sparse_epochs, params.sparse_lr)
         scores = [{f: p.detach() for f, p in s.items()} for s in hooks.scores]
         subnet = threshold_to_budget(space, scores, target)
         fold_scores(context.model, scores)
