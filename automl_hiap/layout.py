@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from automl_hiap.space import UNIT_FIELD, BlockKeep, LayerShape, Unit, _layer_shape
+from automl_hiap.space import UNIT_FIELD, BlockKeep, LayerShape, Unit, layer_shape
 
 ROWS, COLUMNS = 0, 1  # a Linear weight's axes: output features, input features
 
@@ -120,7 +120,7 @@ def unit_shape(shape: LayerShape, unit: Unit) -> tuple[int, ...]:
 
 def block_shape(block: nn.Module, index: int = 0) -> LayerShape:
     """The shapes of one block (checked to be of a supported kind)."""
-    return _layer_shape(index, block)
+    return layer_shape(index, block)
 
 
 def linear(block: nn.Module, name: str) -> nn.Linear:

@@ -192,7 +192,7 @@ class SearchSpace:
     ) -> SearchSpace:
         """Read the structure of a timm ``VisionTransformer`` (DeiT and distilled DeiT too)."""
         blocks = _blocks_of(model)
-        layers = tuple(_layer_shape(i, block) for i, block in enumerate(blocks))
+        layers = tuple(layer_shape(i, block) for i, block in enumerate(blocks))
         patch_embed = getattr(model, "patch_embed", None)
         if patch_embed is None or not isinstance(getattr(patch_embed, "proj", None), nn.Conv2d):
             raise UserError("unsupported model: expected a timm ViT with patch_embed.proj (Conv2d)")
@@ -277,7 +277,7 @@ def _blocks_of(model: nn.Module) -> nn.Sequential:
     return blocks
 
 
-def _layer_shape(index: int, block: Any) -> LayerShape:
+def layer_shape(index: int, block: Any) -> LayerShape:
     """Check one timm Block is of the supported kind and read its shapes."""
     where = f"unsupported model: blocks[{index}]"
     attn: Any = getattr(block, "attn", None)
