@@ -31,6 +31,7 @@ import functools
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -116,6 +117,11 @@ def _width(shape: LayerShape, unit: Unit) -> int:
 def unit_shape(shape: LayerShape, unit: Unit) -> tuple[int, ...]:
     """Shape of the unit's keep values (``BlockKeep``)."""
     return tuple(getattr(BlockKeep().filled(shape), UNIT_FIELD[unit]).shape)
+
+
+def blocks(model: nn.Module) -> list[Any]:
+    """A ViT's blocks (typed loosely: timm's submodules are reached by attribute)."""
+    return list(model.blocks)  # type: ignore[arg-type]
 
 
 def block_shape(block: nn.Module, index: int = 0) -> LayerShape:

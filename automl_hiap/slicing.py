@@ -15,15 +15,10 @@ from automl_hiap.space import LayerShape, Unit
 from automl_hiap.subnet import LayerKeep, Subnet
 
 
-def _blocks(model: nn.Module) -> list[Any]:
-    """The timm blocks (typed loosely: timm modules are reached by attribute)."""
-    return list(model.blocks)  # type: ignore[arg-type]
-
-
 def build_blocks(model: nn.Module, subnet: Subnet) -> list[PrunedBlock]:
     """Pruned blocks shaped by ``subnet``; weights are fresh (use :func:`slice_subnet` to copy)."""
     blocks = []
-    for block, layer in zip(_blocks(model), subnet.layers, strict=True):
+    for block, layer in zip(layout.blocks(model), subnet.layers, strict=True):
         attn = mlp = None
         if layer.has_attn:
             groups, _ = group_heads([(len(h.qk), len(h.v)) for h in layer.heads])
@@ -126,7 +121,7 @@ def slice_subnet(model: nn.Module, subnet: Subnet, spec: ModelSpec) -> nn.Module
     dense_blocks = model.blocks
     pruned_blocks = build_blocks(model, subnet)
     for i, (block, pruned, layer) in enumerate(
-        zip(_blocks(model), pruned_blocks, subnet.layers, strict=True)
+        zip(layout.blocks(model), pruned_blocks, subnet.layers, strict=True)
     ):
         _copy_weights(block, pruned, layer, layout.block_shape(block, i))
     model.blocks = nn.Sequential()  # don't deep-copy the dense blocks

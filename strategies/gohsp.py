@@ -184,7 +184,7 @@ def calibration_batches(trainer: Any, count: int, seed: int) -> list[Tensor]:
 # ---------------------------------------------------------------- stage 2: projection
 def block_weights(model: nn.Module) -> Weights:
     """The live parameters of every block, by ``layout.TENSORS`` key."""
-    return [layout.block_tensors(block) for block in model.blocks]  # type: ignore[union-attr]
+    return [layout.block_tensors(block) for block in layout.blocks(model)]
 
 
 def column_scores(space: SearchSpace, weights: Weights, heads: list[Tensor]) -> list[BlockKeep]:

@@ -324,12 +324,12 @@ class HiAPSearch(TrainHooks):
         """The exported decision and how many units the repair changed (0: none needed)."""
         hard = Subnet.from_keep(self.space, self.gates.hardened())
         macs = self.hardened_macs()
-        off_target = self.adaptive and abs(macs / self.target - 1) > self.params.tolerance  # type: ignore[operator]
+        goal = self.target if self.adaptive and self.target is not None else macs
+        off_target = abs(macs / goal - 1) > self.params.tolerance
         if not off_target and not hard.problems(self.space):
             return hard, 0
-        goal = self.target if self.adaptive else macs
         scores = repair_scores(self.space, self.gates.hardened(), self.gates.probabilities())
-        repaired = select_to_budget(self.space, scores, goal, strict=False)  # type: ignore[arg-type]
+        repaired = select_to_budget(self.space, scores, goal, strict=False)
         changed = _differences(self.space, hard, repaired)
         return repaired, changed
 

@@ -56,7 +56,7 @@ FAMILIES = {
 def unit_energies(model: torch.nn.Module) -> list[dict[str, Tensor]]:
     """Per layer: raw energies and weight counts of every unit family."""
     layers = []
-    for i, block in enumerate(model.blocks):  # type: ignore[arg-type]
+    for i, block in enumerate(layout.blocks(model)):
         shape = layout.block_shape(block, i)
         energy = layout.energy(shape, layout.block_tensors(block), list(FAMILIES.values()))
         layer = {family: energy[unit] for family, unit in FAMILIES.items()}

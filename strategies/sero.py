@@ -101,7 +101,7 @@ class SERoParams(StrategyParams):
 def gradient_importance(model: nn.Module) -> list[dict[str, Tensor]]:
     """Per layer, the mean |gradient| of each unit's weight rows (paper Eq. 1–3)."""
     layers = []
-    for i, block in enumerate(model.blocks):  # type: ignore[arg-type]
+    for i, block in enumerate(layout.blocks(model)):
         shape = layout.block_shape(block, i)
         weights = layout.block_tensors(block)
         grads = {key: _grad(weights[key]) for key in ("qkv_w", "fc1_w")}  # the rows' producers
