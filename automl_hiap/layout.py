@@ -92,6 +92,7 @@ GATES: dict[Unit, Slice] = {
 # the units whose own slices ``weight_masks`` zeroes (heads and branches act through them)
 MICRO_OWNERS = (Unit.QK_DIM, Unit.V_DIM, Unit.NEURON, Unit.ATTN_IN, Unit.MLP_IN)
 BRANCH_OUTPUT = {"proj": Unit.ATTN_BLOCK, "fc2": Unit.FFN_BLOCK}  # Linear whose bias a branch owns
+BRANCH_MEMBERS = {Unit.ATTN_BLOCK: Unit.HEAD, Unit.FFN_BLOCK: Unit.NEURON}  # what a branch holds
 
 
 def axis_length(shape: LayerShape, linear: str, axis: int) -> int:
@@ -209,9 +210,23 @@ def gate(shape: LayerShape, keep: BlockKeep, linear: str, axis: int) -> Tensor |
         expand(shape, unit, where, value)
         for unit, where in GATES.items()
         if (where.linear, where.axis) == (linear, axis)
-        and (value := getattr(keep, UNIT_FIELD[unit])) is not None
+        and (value := _gate_value(keep, unit)) is not None
     ]
     return functools.reduce(operator.mul, factors) if factors else None
+
+
+def _gate_value(keep: BlockKeep, unit: Unit) -> Tensor | None:
+    """A unit's keep value as its gate applies it. A branch also goes with its last unit (the
+    slice then drops it, bias and all), so its gate carries "any unit kept" (> 0.5, the
+    hardening rule of ``Subnet.from_keep``) as a 0/1 factor: the hardened masked model equals
+    the slice, and soft gates train as before while any unit of the branch is open."""
+    own = getattr(keep, UNIT_FIELD[unit])
+    member = BRANCH_MEMBERS.get(unit)
+    members = None if member is None else getattr(keep, UNIT_FIELD[member])
+    if members is None:
+        return own
+    alive = (members.detach() > 0.5).any().to(members.dtype)
+    return alive if own is None else own * alive
 
 
 def gated_axes() -> list[tuple[str, int]]:

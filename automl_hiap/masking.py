@@ -6,9 +6,11 @@ the physically sliced model computes:
 * head h, v dim (h, j): scale the ``proj`` input column that reads v dim (h, j) by
   attn · head_h · v_hj (attention is linear in v, so this equals gating the head output /
   the v dim);
-* attention branch: scale ``proj``'s output (bias included) by attn;
+* attention branch: scale ``proj``'s output (bias included) by attn, times "any head kept"
+  (a branch whose heads are all closed is gone from the slice, bias and all);
 * q/k dim (h, j): scale its q output row of ``qkv`` by qk_hj (q·k sums over kept dims);
-* neuron k: scale ``fc2``'s input column k; FFN branch: scale ``fc2``'s output by ffn;
+* neuron k: scale ``fc2``'s input column k; FFN branch: scale ``fc2``'s output by ffn, times
+  "any neuron kept";
 * attn_in / mlp_in: scale the input columns of ``qkv`` / ``fc1``.
 
 Where each gate acts is ``layout.GATES`` (the module that knows the weight layout).

@@ -90,3 +90,25 @@ def test_masked_units_get_zero_weight_gradient(tiny) -> None:
         model(torch.randn(2, 3, 16, 16)).sum().backward()
     grad = model.blocks[0].mlp.fc2.weight.grad
     assert grad[:, :5].abs().sum() == 0 and grad[:, 5:].abs().sum() > 0
+
+
+def test_an_open_branch_gate_over_closed_units_equals_the_sliced_model(tiny) -> None:
+    """A branch whose heads (or neurons) are all closed is gone from the slice, bias and all;
+    the masked model must drop it too, whatever its own gate says."""
+    spec, model, space = tiny
+    shape = space.layers[0]
+    for unit_closed in (
+        BlockKeep(attn=torch.tensor(1.0), head=torch.zeros(shape.num_heads)),
+        BlockKeep(ffn=torch.tensor(1.0), neuron=torch.zeros(shape.mlp_hidden)),
+    ):
+        keeps = [unit_closed, *([BlockKeep()] * (space.depth - 1))]
+        subnet = ah.Subnet.from_keep(space, keeps)
+        x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            for module in model.modules():  # biases that make the bug visible
+                if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                    module.bias.normal_(0, 0.5)
+            with ah.Masks(model, space, keeps):
+                masked = model(x)
+            sliced = ah.slice_subnet(model, subnet, spec).eval()(x)
+        assert (masked - sliced).abs().max() <= 1e-5
