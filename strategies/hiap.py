@@ -62,20 +62,22 @@ Choices where the paper is silent or inconsistent (each with its reason):
   searched), min neurons per kept FFN branch, each deficit divided by its group size and the
   sum weighted by ``feasibility_weight``. Fractions keep the penalty's scale independent of
   the model width.
-* **Budget mode (beyond the paper).** With a budget, λ_macro:λ_micro keep their ratio and
-  are scaled by a multiplier μ that a controller sets so the exported cost lands on the target.
-  It is an equality constraint (a budget is a target: users want the accuracy it affords), so
-  μ may turn negative and reopen gates. After every step, gap = MACs/target − 1, where MACs
-  is the expected cost of the structures being sampled, under σ(α/s): smooth while there is
-  noise, the hardened (exported) cost once s = 0. An integral term I grows by η·gap·max(1, |I|):
-  geometric far from zero, so it finds the scale at which the cost gradient competes with the
-  task gradient in a few dozen steps whatever that scale, linear near zero, so it can change
-  sign; μ = I + K·gap adds a proportional term (as an augmented Lagrangian does) that reacts to
-  an overshoot at once. Why not the hardened cost from the start: under Adam the logits of a
-  family move together, so the hardened cost stays dense until they cross zero and then drops
-  abruptly (a controller on it alone overshoots); why not σ(α) throughout: it can sit on the
-  target with every σ(α) > 0.5 (it multiplies head and dim probabilities), i.e. nothing
-  pruned. ``adapt_lambda: false`` gives the paper's fixed-λ mode (μ = 1).
+* **Budget mode (beyond the paper).** With a budget, λ_macro:λ_micro keep their ratio and are
+  scaled by a multiplier μ that a controller sets so the exported cost lands on the target. It
+  is an equality constraint (a budget is a target: users want the accuracy it affords), so μ
+  may turn negative and reopen gates. After every step, gap = MACs/target − 1, where MACs is
+  the expected cost of the structures being sampled, under σ(α/s): smooth while there is
+  noise, the hardened (exported) cost once s = 0. An integral term I grows by η·gap·max(1,
+  |I|): geometric far from zero, so it finds the scale at which the cost gradient competes
+  with the task gradient in a few dozen steps whatever that scale, linear near zero, so it can
+  change sign; |I| is bounded by ``max_multiplier`` so a long search whose target cannot be
+  met does not grow it without end; μ = I + K·gap adds a proportional term (as an augmented
+  Lagrangian does) that reacts to an overshoot at once. Why not the hardened cost from the
+  start: under Adam the logits of a family move together, so the hardened cost stays dense
+  until they cross zero and then drops abruptly (a controller on it alone overshoots); why not
+  σ(α) throughout: it can sit on the target with every σ(α) > 0.5 (it multiplies head and dim
+  probabilities), i.e. nothing pruned. ``adapt_lambda: false`` gives the paper's fixed-λ mode
+  (μ = 1).
 * **Hardening and repair**: keep ⇔ α > 0 for every gate, micro under macro. If that subnet
   breaks the space's constraints (round_to, minimum counts), or in budget mode misses the
   target by more than ``tolerance``, it is repaired by the core's greedy selection with the
@@ -135,6 +137,7 @@ class HiAPParams(StrategyParams):
     adapt_lambda: bool = True
     dual_lr: Annotated[float, Field(gt=0)] = 0.05
     dual_gain: Annotated[float, Field(ge=0)] = 10.0
+    max_multiplier: Annotated[float, Field(gt=0)] = 100.0  # bound on the controller's |I|
     tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.03
     lr: Annotated[float, Field(gt=0)] | None = None  # weights' lr (default: train.lr)
 
@@ -281,6 +284,8 @@ class HiAPSearch(TrainHooks):
                 macs = float(expected_macs(self.space, self.gates.probabilities(self.noise)))
             self.gap = macs / self.target - 1.0
             self.integral += self.params.dual_lr * self.gap * max(1.0, abs(self.integral))
+            bound = self.params.max_multiplier  # geometric growth must not run away on long runs
+            self.integral = min(max(self.integral, -bound), bound)
             self.multiplier = self.integral + self.params.dual_gain * self.gap
 
     def metrics(self) -> dict[str, float]:

@@ -270,3 +270,16 @@ def test_hooks_state_round_trips_for_exact_resume() -> None:
     assert torch.equal(second.gates.logits["v"], first.gates.logits["v"])
     assert (second.integral, second.multiplier, second.step) == (2.5, 3.0, 17)
     assert math.isclose(second.hardened_macs(), first.hardened_macs())
+
+
+def test_the_controller_integral_stays_bounded_when_the_target_cannot_be_met() -> None:
+    model, space = small_space()
+    params = HiAPParams(max_multiplier=50.0)
+    hooks = HiAPSearch(model, space, params, 1.0, seed=0, device="cpu")  # 1 MAC: unreachable
+    try:
+        for step in range(2000):
+            hooks.on_step_end(step)
+    finally:
+        hooks.close()
+    assert hooks.integral == pytest.approx(50.0)
+    assert math.isfinite(hooks.multiplier)

@@ -230,3 +230,32 @@ def test_listeners_hear_every_epoch_and_can_stop_the_phase(tmp_path: Path) -> No
     keys = ["train_loss", "train_top1", "val_loss", "val_top1"]
     assert heard == [("p", 1, 3, keys), ("p", 2, 3, keys)]
     assert torch.load(tmp_path / "p.pt", weights_only=True)["epoch"] == 2  # saved before
+
+
+def test_hook_parameters_are_clipped_apart_from_the_weights(monkeypatch) -> None:
+    """One shared norm would let a huge gate gradient shrink the weights' step (or the
+    reverse): each side is clipped on its own."""
+    seen: list[set[int]] = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *args, **kwargs):
+        params = list(params)
+        seen.append({id(p) for p in params})
+        return real(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    torch.manual_seed(0)
+    model = tiny_spec().create()
+    gate = torch.nn.Parameter(torch.ones(3))
+
+    class Gated(TrainHooks):
+        def param_groups(self):
+            return [{"params": [gate], "lr": 0.1}]
+
+        def extra_loss(self, logits, targets):
+            return 1e6 * (gate * logits.mean()).sum()
+
+    config = TrainConfig(batch_size=32, lr=1e-3, grad_clip=1.0, seed=0)
+    Trainer(config, tiny_data(32), device="cpu").fit(model, epochs=1, phase="p", hooks=Gated())
+    weights = {id(p) for p in model.parameters()}
+    assert seen == [weights, {id(gate)}]
