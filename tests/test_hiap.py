@@ -283,3 +283,44 @@ def test_the_controller_integral_stays_bounded_when_the_target_cannot_be_met() -
         hooks.close()
     assert hooks.integral == pytest.approx(50.0)
     assert math.isfinite(hooks.multiplier)
+
+
+def test_the_task_loss_alone_reaches_every_logit_family() -> None:
+    """The gates act in the forward pass: cross-entropy by itself moves every family (the cost
+    loss would reach them even if the gates were cut off from the forward)."""
+    model, space = small_space()
+    hooks = HiAPSearch(model, space, HiAPParams(gate_init=3.0), None, seed=0, device="cpu")  # type: ignore[arg-type]
+    model.train()
+    for step in range(4):  # a few draws: one may close a whole branch (its units then get none)
+        hooks.on_step_start(step, 10)
+        logits = model(torch.randn(4, 3, 16, 16))
+        torch.nn.functional.cross_entropy(logits, torch.arange(4)).backward()
+    hooks.close()
+    for name, param in hooks.gates.logits.items():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_a_planted_useless_head_and_ffn_branch_are_closed_first() -> None:
+    """Layer 0's head 0 and layer 1's FFN branch are made to add nothing; the task gradient
+    protects the other units, so these end with the lowest logits of their kind."""
+    config = load_config("test_vit.yaml")
+    model = tiny_spec().create()
+    model.load_state_dict(pretrained_tiny())
+    with torch.no_grad():
+        attn, mlp = model.blocks[0].attn, model.blocks[1].mlp
+        attn.proj.weight[:, : attn.head_dim].zero_()  # head 0's v dims feed nothing
+        mlp.fc2.weight.zero_()
+        mlp.fc2.bias.zero_()
+    space = ah.SearchSpace.from_model(model, config.space.units, config.space.constraints)
+    data = tiny_data()
+    trainer = Trainer(config.train, data.train, data.val, device="cpu")
+    params = HiAPParams(epochs=6, gate_lr=0.1, gate_init=2.0)
+    target = 0.7 * ah.dense_cost(space).macs
+    hooks = HiAPSearch(model, space, params, target, seed=0, device="cpu")
+    try:
+        trainer.fit(model, params.epochs, phase="hiap_search", hooks=hooks)
+    finally:
+        hooks.close()
+    gates = hooks.gates.logits
+    assert gates["ffn"][1] < gates["ffn"][0]
+    assert gates["head"][0, 0] < gates["head"][0, 1]
