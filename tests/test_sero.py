@@ -178,3 +178,22 @@ def test_reoptimization_is_a_fresh_phase_on_the_compressed_model() -> None:
 def test_warmup_must_leave_epochs_to_explore() -> None:
     with pytest.raises(ValidationError, match="warmup_epochs"):
         SERoStrategy.from_dict({"explore_epochs": 2, "warmup_epochs": 2})
+
+
+def test_gradient_importance_is_the_mean_absolute_gradient_of_each_units_rows() -> None:
+    """SERo's Eq. 1-3 by hand: q/k dims ½(mean|∂L/∂W_q row| + mean|∂L/∂W_k row|), v dims and
+    neurons the mean |gradient| of their qkv / fc1 row."""
+    from automl_hiap.strategies.sero import gradient_importance
+
+    torch.manual_seed(0)
+    model = tiny_spec().create()
+    logits = model(torch.randn(4, 3, 16, 16))
+    torch.nn.functional.cross_entropy(logits, torch.arange(4)).backward()
+    scores = gradient_importance(model)
+    for block, got in zip(model.blocks, scores, strict=True):
+        heads, d = block.attn.num_heads, block.attn.head_dim
+        rows = block.attn.qkv.weight.grad.abs().mean(1).double()
+        q, k, v = (rows[p * heads * d : (p + 1) * heads * d].reshape(heads, d) for p in range(3))
+        torch.testing.assert_close(got["qk"], 0.5 * (q + k))
+        torch.testing.assert_close(got["v"], v)
+        torch.testing.assert_close(got["neuron"], block.mlp.fc1.weight.grad.abs().mean(1).double())

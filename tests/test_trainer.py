@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -259,3 +260,88 @@ def test_hook_parameters_are_clipped_apart_from_the_weights(monkeypatch) -> None
     Trainer(config, tiny_data(32), device="cpu").fit(model, epochs=1, phase="p", hooks=Gated())
     weights = {id(p) for p in model.parameters()}
     assert seen == [weights, {id(gate)}]
+
+
+SEARCH_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, torch
+    import torch.distributed as dist
+    import automl_hiap.search as search
+    from automl_hiap.config import load_config
+    torch.set_num_threads(1)
+    out, weights = sys.argv[1], sys.argv[2]
+    rank = int(os.environ.get("RANK", "0"))
+    saved = []
+    real_save = search.save
+    search.save = lambda model, folder: saved.append(rank) or real_save(model, folder)
+    config = load_config("test_vit.yaml", [
+        f"model.checkpoint={weights}", "data.train_subset=128",
+        "strategy.params.finetune_epochs=1",
+    ])
+    report = search.run_search(config, out, progress=False, measure_batch=None)
+    m = report.metrics
+    record = {"saved": saved, "dense": [m.dense.top1, m.dense.val_top1],
+              "pruned": [m.pruned.top1, m.pruned.val_top1], "subnet": report.subnet.to_dict()}
+    with open(f"{out}.rank{rank}.json", "w") as f:
+        json.dump(record, f)
+    """
+)
+
+
+def test_a_search_under_torchrun_shards_data_reduces_metrics_and_writes_on_rank_0(
+    tmp_path: Path,
+) -> None:
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "dense.safetensors"
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in tiny_spec().create().state_dict().items()}, weights)
+    script = tmp_path / "search.py"
+    script.write_text(SEARCH_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    subprocess.run(
+        [sys.executable, str(script), str(single), str(weights)], check=True, env=env, timeout=600
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(ddp),
+            str(weights),
+        ],
+        check=True,
+        env=env,
+        timeout=600,
+    )
+    one = json.loads((tmp_path / "single.rank0.json").read_text())
+    ranks = [json.loads((tmp_path / f"ddp.rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["saved"] == [0] and ranks[1]["saved"] == []  # rank 0 alone writes
+    assert (ddp / "metrics.json").is_file() and (ddp / "model" / "arch.json").is_file()
+    assert ranks[0]["dense"] == ranks[1]["dense"] == one["dense"]  # sharded eval, summed
+    assert ranks[0]["pruned"] == ranks[1]["pruned"]  # every rank reports the reduced figures
+    assert ranks[0]["subnet"] == ranks[1]["subnet"] == one["subnet"]
+
+
+def test_distillation_loss_follows_its_formula() -> None:
+    """(1 − α)·CE with label smoothing + α·T²·KL(teacher ‖ student) at temperature T, by hand."""
+    from automl_hiap.trainer import distillation_loss
+
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(5, 7, generator=gen), torch.randn(5, 7, generator=gen)
+    targets = torch.randint(0, 7, (5,), generator=gen)
+    alpha, t, smoothing = 0.7, 4.0, 0.1
+    log_p = torch.log_softmax(student, -1)
+    smoothed = torch.full((5, 7), smoothing / 7).scatter_add_(
+        1, targets[:, None], torch.full((5, 1), 1 - smoothing)
+    )
+    hard = -(smoothed * log_p).sum(-1).mean()
+    p_t, log_t = torch.softmax(teacher / t, -1), torch.log_softmax(teacher / t, -1)
+    soft = (p_t * (log_t - torch.log_softmax(student / t, -1))).sum(-1).mean()
+    expected = (1 - alpha) * hard + alpha * t**2 * soft
+    got = distillation_loss(student, teacher, targets, alpha, t, smoothing)
+    torch.testing.assert_close(got, expected)
