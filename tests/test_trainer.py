@@ -233,61 +233,6 @@ def test_listeners_hear_every_epoch_and_can_stop_the_phase(tmp_path: Path) -> No
     assert torch.load(tmp_path / "p.pt", weights_only=True)["epoch"] == 2  # saved before
 
 
-def test_hook_parameters_are_clipped_apart_from_the_weights(monkeypatch) -> None:
-    """One shared norm would let a huge gate gradient shrink the weights' step (or the
-    reverse): each side is clipped on its own."""
-    seen: list[set[int]] = []
-    real = torch.nn.utils.clip_grad_norm_
-
-    def spy(params, max_norm, *args, **kwargs):
-        params = list(params)
-        seen.append({id(p) for p in params})
-        return real(params, max_norm, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
-    torch.manual_seed(0)
-    model = tiny_spec().create()
-    gate = torch.nn.Parameter(torch.ones(3))
-
-    class Gated(TrainHooks):
-        def param_groups(self):
-            return [{"params": [gate], "lr": 0.1}]
-
-        def extra_loss(self, logits, targets):
-            return 1e6 * (gate * logits.mean()).sum()
-
-    config = TrainConfig(batch_size=32, lr=1e-3, grad_clip=1.0, seed=0)
-    Trainer(config, tiny_data(32), device="cpu").fit(model, epochs=1, phase="p", hooks=Gated())
-    weights = {id(p) for p in model.parameters()}
-    assert seen == [weights, {id(gate)}]
-
-
-SEARCH_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys, torch
-    import torch.distributed as dist
-    import automl_hiap.search as search
-    from automl_hiap.config import load_config
-    torch.set_num_threads(1)
-    out, weights = sys.argv[1], sys.argv[2]
-    rank = int(os.environ.get("RANK", "0"))
-    saved = []
-    real_save = search.save
-    search.save = lambda model, folder: saved.append(rank) or real_save(model, folder)
-    config = load_config("test_vit.yaml", [
-        f"model.checkpoint={weights}", "data.train_subset=128",
-        "strategy.params.finetune_epochs=1",
-    ])
-    report = search.run_search(config, out, progress=False, measure_batch=None)
-    m = report.metrics
-    record = {"saved": saved, "dense": [m.dense.top1, m.dense.val_top1],
-              "pruned": [m.pruned.top1, m.pruned.val_top1], "subnet": report.subnet.to_dict()}
-    with open(f"{out}.rank{rank}.json", "w") as f:
-        json.dump(record, f)
-    """
-)
-
-
 def test_a_search_under_torchrun_shards_data_reduces_metrics_and_writes_on_rank_0(
     tmp_path: Path,
 ) -> None:
