@@ -233,6 +233,32 @@ def test_listeners_hear_every_epoch_and_can_stop_the_phase(tmp_path: Path) -> No
     assert torch.load(tmp_path / "p.pt", weights_only=True)["epoch"] == 2  # saved before
 
 
+SEARCH_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, torch
+    import torch.distributed as dist
+    import automl_hiap.search as search
+    from automl_hiap.config import load_config
+    torch.set_num_threads(1)
+    out, weights = sys.argv[1], sys.argv[2]
+    rank = int(os.environ.get("RANK", "0"))
+    saved = []
+    real_save = search.save
+    search.save = lambda model, folder: saved.append(rank) or real_save(model, folder)
+    config = load_config("test_vit.yaml", [
+        f"model.checkpoint={weights}", "data.train_subset=128",
+        "strategy.params.finetune_epochs=1",
+    ])
+    report = search.run_search(config, out, progress=False, measure_batch=None)
+    m = report.metrics
+    record = {"saved": saved, "dense": [m.dense.top1, m.dense.val_top1],
+              "pruned": [m.pruned.top1, m.pruned.val_top1], "subnet": report.subnet.to_dict()}
+    with open(f"{out}.rank{rank}.json", "w") as f:
+        json.dump(record, f)
+    """
+)
+
+
 def test_a_search_under_torchrun_shards_data_reduces_metrics_and_writes_on_rank_0(
     tmp_path: Path,
 ) -> None:
