@@ -25,8 +25,9 @@ _HOMES = {
     "automl_hiap.models": ("ModelSpec",),
     "automl_hiap.slicing": ("slice_subnet",),
     "automl_hiap.sources": ("load",),  # folders, files, models:/ and runs:/ URIs
-    "automl_hiap.space": ("BlockKeep", "SearchSpace", "Unit"),
+    "automl_hiap.space": ("BlockKeep", "SearchSpace"),
     "automl_hiap.subnet": ("HeadKeep", "LayerKeep", "Subnet"),
+    "automl_hiap.units": ("Unit",),  # torch-free; automl_hiap.space re-exports it
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 __all__ = [  # = the names of _HOMES (a test checks), spelled out for linters and readers
@@ -61,8 +62,9 @@ if TYPE_CHECKING:
     from automl_hiap.models import ModelSpec
     from automl_hiap.slicing import slice_subnet
     from automl_hiap.sources import load
-    from automl_hiap.space import BlockKeep, SearchSpace, Unit
+    from automl_hiap.space import BlockKeep, SearchSpace
     from automl_hiap.subnet import HeadKeep, LayerKeep, Subnet
+    from automl_hiap.units import Unit
 
 
 def __getattr__(name: str) -> Any:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from automl_hiap.errors import UserError
@@ -69,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--strategy", help="a strategy name (default: the file's strategy.name)")
     search.add_argument("--budget", help="fraction of dense MACs (0.5) or absolute MACs (2.3G)")
     search.add_argument("--out", default="runs/search", help="output folder (default: %(default)s)")
-    search.add_argument("--no-progress", action="store_true", help="no progress bars")
+    search.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars: plain log lines only (no carriage returns), e.g. for CI",
+    )
     add_tracking_args(search)
     tune = commands.add_parser(
         "tune",
@@ -124,24 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_spaces(args: argparse.Namespace) -> None:
-    from automl_hiap.config import bundled_spaces, load_config
+    """Read from the YAML files alone: no model is built, torch is not imported."""
+    from automl_hiap.listing import space_entries
 
-    for name in bundled_spaces():
-        try:
-            config = load_config(name)
-            summary = f"{config.model.name}  data={config.data.format}"
-        except UserError as exc:  # e.g. a checkpoint this machine does not have
-            summary = f"(not loadable here: {str(exc).splitlines()[0]})"
-        print(f"{name:28s} {summary}")
+    for entry in space_entries():
+        print("\n".join(entry.lines()))
 
 
 def cmd_strategies(args: argparse.Namespace) -> None:
-    from automl_hiap import plugins
+    """Read from the strategies' source files when it can (see ``listing``): no torch."""
+    from automl_hiap.listing import strategy_entries
 
-    for name, cls in plugins.available().items():
-        missing = plugins.missing_requirements(cls)
-        note = f"  (needs: {'; '.join(missing)})" if missing else ""
-        print(f"{name:12s} {cls.description}{note}")
+    for entry in strategy_entries():
+        print(entry.line())
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -165,39 +166,141 @@ def _budget(args: argparse.Namespace) -> Budget | None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from automl_hiap.config import load_config
-    from automl_hiap.search import run_search, summary
-    from automl_hiap.trainer import is_main_process
+    from automl_hiap.config import load_config, verify_model_name
+    from automl_hiap.console import Console
 
-    config = load_config(args.space, args.overrides)
+    config = load_config(args.space, args.overrides, check_model=False)  # no torch yet
     budget = _budget(args)
     if config.tune is not None:  # a tune: section makes search the outer loop
         _run_tune(args, config, budget, {})
         return
+    console = Console(bars=not args.no_progress)
+    show_plan(console, "search", args, config, budget)  # before seconds of imports
+    verify_model_name(config, args.space)
+    console.info("loading torch, timm and MLflow ...")
+    from automl_hiap.search import run_search, summary
     from automl_hiap.tracking import open_tracker
+    from automl_hiap.trainer import is_main_process
 
     tracker = open_tracker(  # checks the store now, before any compute
         config.tracking, args.tracking_uri, args.register, not args.no_tracking, args.out
     )
-    progress = not args.no_progress
+    options: dict[str, Any] = {
+        "progress": not args.no_progress,
+        "console": console,
+        "source": args.space,
+    }
+    version = None
     if tracker is None:
-        report = run_search(config, args.out, args.strategy, budget, progress=progress)
+        report = run_search(config, args.out, args.strategy, budget, **options)
     else:
         with tracker.search_run(config, args.out, args.strategy, budget) as run:
-            report = run_search(
-                config, args.out, args.strategy, budget, progress=progress, listeners=[run]
-            )
+            report = run_search(config, args.out, args.strategy, budget, listeners=[run], **options)
             version = run.log_search(report, config)
     if is_main_process():
+        console.heading("summary")
         print(summary(report))
+        print()
+        print("\n".join(output_lines(Path(args.out))))
         if tracker is not None:
             print(f"\nMLflow run {run.id} at {tracker.uri}")
+            if tracker.uri.startswith("sqlite:///"):
+                print(f"   browse: mlflow ui --backend-store-uri {tracker.uri}")
             if version is not None:
                 aliases = f" (aliases: {', '.join(version.aliases)})" if version.aliases else ""
                 print(f"registered model {version.name} version {version.version}{aliases}")
 
 
+OUTPUT_FILES = (  # what search writes, in the order a user reads it
+    ("metrics.json", "dense vs pruned: test/val top-1, MACs, params, images/s, structure"),
+    ("structure.png", "MACs and kept units per layer"),
+    ("model", "the exported model: automl_hiap.load({model!r})"),
+    ("subnet.json", "the decision: kept indices per layer"),
+    ("checkpoints", "per-phase training state: the same command resumes from it"),
+    ("mlflow_run.json", "this search's MLflow run (a resumed search continues it)"),
+)
+
+
+def output_lines(out: Path) -> list[str]:
+    """Where everything went: the files of the output folder, each with what it holds."""
+    lines = [f"output folder {out}:"]
+    for name, what in OUTPUT_FILES:
+        path = out / name
+        if path.exists():
+            shown = name + ("/" if path.is_dir() else "")
+            lines.append(f"   {shown:17s} {what.format(model=str(out / 'model'))}")
+    return lines
+
+
+def tracking_target(args: argparse.Namespace, config: Any) -> str:
+    """Where MLflow will log, as ``tracking.store.resolve_uri`` decides it (a test checks they
+    agree), without importing MLflow for it."""
+    if args.no_tracking or not config.tracking.enabled:
+        return "off"
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.uri
+    return f"MLflow, {uri or 'sqlite:///mlflow.db'}"
+
+
+def show_plan(
+    console: Any,
+    command: str,
+    args: argparse.Namespace,
+    config: Any,
+    budget: Budget | None,
+    extra: dict[str, str] | None = None,
+) -> None:
+    """One block saying what the command is about to do, printed before any heavy work."""
+    from automl_hiap.config import resolve_space_path
+
+    model, data, train = config.model, config.data, config.train
+    kwargs = ", ".join(f"{k}={v}" for k, v in model.kwargs.items())
+    if model.checkpoint is not None:
+        weights = f"weights from {model.checkpoint}"
+    elif model.pretrained:
+        weights = "timm's pretrained weights (Hugging Face hub)"
+    else:
+        weights = f"no weights: trains {train.dense_epochs} dense epochs first"
+    where = f" from {data.root}" if data.root else ""
+    space_file = resolve_space_path(args.space)
+    bundled = "" if Path(args.space).is_file() else " (bundled)"
+    units = ", ".join(str(u) for u in config.space.units)
+    budget = budget if budget is not None else config.budget
+    if budget is None:
+        aim = "none"
+    elif budget.absolute:
+        aim = f"{budget} MACs"
+    else:
+        aim = f"{budget.value:g} of the dense MACs"
+    strategy = args.strategy or config.strategy.name
+    params = ", ".join(f"{k}={v}" for k, v in config.strategy.params.items())
+    out = Path(args.out)
+    resume = " (resumes its checkpoints)" if (out / "checkpoints").is_dir() else ""
+    rows = {
+        "model": f"{model.name}" + (f" ({kwargs})" if kwargs else "") + f"; {weights}",
+        "data": f"{data.format}{where}, {data.image_size} px, val {data.val_fraction:g} of train",
+        "space": f"{args.space}{bundled}: {units}",
+        "budget": aim + (" (--budget)" if args.budget else ""),
+        "strategy": strategy + (f" ({params})" if params else ""),
+        "out": f"{out}{resume}",
+        "tracking": tracking_target(args, config),
+        **(extra or {}),
+    }
+    if bundled:
+        rows["space"] += f" [{space_file}]"
+    console.block(rows, title=f"automl_hiap {command}: {args.space} -> {out}")
+
+
 def _run_tune(args: argparse.Namespace, config: Any, budget: Any, flags: dict[str, Any]) -> None:
+    from automl_hiap.config import verify_model_name
+    from automl_hiap.console import Console
+
+    if config.tune is not None:
+        trials = flags.get("trials") or config.tune.trials
+        mode = "Pareto front" if flags.get("pareto") or config.tune.pareto else "budget mode"
+        params = ", ".join(config.tune.params)
+        extra = {"tune": f"{trials} trials, {mode}, tuning {params}"}
+        show_plan(Console(bars=False), "tune", args, config, budget, extra)
+    verify_model_name(config, args.space)  # imports timm: after the plan is on screen
     from automl_hiap.errors import ConfigError
     from automl_hiap.tracking import open_tracker
     from automl_hiap.trainer import is_main_process
@@ -247,7 +350,7 @@ def _run_tune(args: argparse.Namespace, config: Any, budget: Any, flags: dict[st
 def cmd_tune(args: argparse.Namespace) -> None:
     from automl_hiap.config import load_config
 
-    config = load_config(args.space, args.overrides)
+    config = load_config(args.space, args.overrides, check_model=False)  # no torch yet
     budget = _budget(args)
     flags = {
         "trials": args.trials,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,30 +20,20 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from automl_hiap.budget import Budget, parse_budget
 from automl_hiap.errors import ConfigError
-from automl_hiap.space import ALL_UNITS, Constraints, Unit
 
-BUNDLED_PACKAGE = "automl_hiap.search_spaces"
-_ENV_PATTERN = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
-
-
-def expand_path(value: str) -> str:
-    """Expand ``${VAR}`` / ``${VAR:-default}`` and ``~`` in a path string."""
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
-            return default
-        raise ValueError(f"environment variable {name} is not set (write ${{{name}:-default}})")
-
-    return os.path.expanduser(_ENV_PATTERN.sub(substitute, value))
+# the file lookup and ${VAR} expansion live in the pydantic-free ``paths`` (re-exported)
+from automl_hiap.paths import BUNDLED_PACKAGE as BUNDLED_PACKAGE
+from automl_hiap.paths import bundled_spaces as bundled_spaces
+from automl_hiap.paths import expand_path as expand_path
+from automl_hiap.paths import resolve_space_path as resolve_space_path
+from automl_hiap.units import ALL_UNITS, Constraints, Unit  # torch-free (space re-exports)
 
 
 class _Section(BaseModel):
@@ -61,13 +50,9 @@ class ModelConfig(_Section):
 
     @field_validator("name")
     @classmethod
-    def _known_timm_model(cls, name: str) -> str:
-        import timm
-
-        if not timm.is_model(name):
-            close = difflib.get_close_matches(name, timm.list_models(), n=3)
-            hint = f" (similar: {', '.join(close)})" if close else ""
-            raise ValueError(f"expected a timm model name, got unknown model {name!r}{hint}")
+    def _known_timm_model(cls, name: str, info: ValidationInfo) -> str:
+        if (info.context or {}).get("check_model", True):  # see load_config(check_model=)
+            check_model_name(name)
         return name
 
     @field_validator("checkpoint")
@@ -147,6 +132,15 @@ class TrainConfig(_Section):
     dense_epochs: Annotated[int, Field(ge=0)] = (
         0  # train the dense model first if it has no weights
     )
+    # where and how it computes (automl_hiap.placement); the defaults reproduce CPU runs
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
+    tf32: bool = True  # CUDA float32 matmuls on TF32 tensor cores
+    compile: bool = False  # torch.compile the train / eval forward and measured models
+    compile_mode: str | None = None  # torch.compile's mode: max-autotune, reduce-overhead ...
+    pin_memory: bool | None = None  # None: on for CUDA
+    persistent_workers: bool = True  # num_workers > 0: keep the worker processes alive
+    prefetch_factor: Annotated[int, Field(ge=1)] | None = None  # per worker (torch's: 2)
 
 
 class StrategyConfig(_Section):
@@ -277,26 +271,6 @@ class SearchConfig(_Section):
         return None if value is None or isinstance(value, Budget) else parse_budget(value)
 
 
-def bundled_spaces() -> list[str]:
-    """File names of the search spaces shipped with the package."""
-    return sorted(
-        p.name for p in resources.files(BUNDLED_PACKAGE).iterdir() if p.name.endswith(".yaml")
-    )
-
-
-def resolve_space_path(name_or_path: str | os.PathLike[str]) -> Path:
-    """A path to an existing file wins; a bare name falls back to the bundled space."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    if path.parent == Path("."):
-        candidate = resources.files(BUNDLED_PACKAGE) / path.name
-        if candidate.is_file():
-            return Path(str(candidate))
-    known = ", ".join(bundled_spaces())
-    raise ConfigError(f"{name_or_path}: no such file, and not a bundled space (bundled: {known})")
-
-
 def parse_override(assignment: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` -> (["a", "b", "c"], parsed YAML value)."""
     key, sep, raw = assignment.partition("=")
@@ -354,12 +328,47 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return [field.alias or name for name, field in fields.items()]  # the YAML's key names
 
 
-def load_config(
-    name_or_path: str | os.PathLike[str], overrides: list[str] | None = None
-) -> SearchConfig:
-    """Read, override and validate a search-space file; raise ConfigError on any problem."""
+def check_model_name(name: str) -> None:
+    """Raise ValueError unless timm knows the model ``name``.
+
+    This imports timm, hence torch (seconds on a small machine), which is why
+    ``load_config(check_model=False)`` can leave it for :func:`verify_model_name` to do later.
+    """
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise ValueError(f"expected a timm model name, got unknown model {name!r}{hint}")
+
+
+def verify_model_name(config: SearchConfig, name_or_path: str | os.PathLike[str]) -> None:
+    """The check ``load_config(check_model=False)`` skipped, as the same one-line error."""
+    try:
+        check_model_name(config.model.name)
+    except ValueError as exc:
+        raise ConfigError(f"{source_name(name_or_path)}: model.name: {exc}") from None
+
+
+def source_name(name_or_path: str | os.PathLike[str]) -> str:
+    """How errors name a space file: a bundled file by its name, any other by its path."""
     path = resolve_space_path(name_or_path)
-    source = path.name if str(path).startswith(str(resources.files(BUNDLED_PACKAGE))) else str(path)
+    return path.name if str(path).startswith(str(resources.files(BUNDLED_PACKAGE))) else str(path)
+
+
+def load_config(
+    name_or_path: str | os.PathLike[str],
+    overrides: list[str] | None = None,
+    *,
+    check_model: bool = True,
+) -> SearchConfig:
+    """Read, override and validate a search-space file; raise ConfigError on any problem.
+
+    ``check_model=False`` skips the timm model-name check (the one part that imports torch),
+    so the CLI can show its plan at once; call :func:`verify_model_name` before building the model.
+    """
+    path = resolve_space_path(name_or_path)
+    source = source_name(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -376,7 +385,7 @@ def load_config(
         )
     raw = apply_overrides(raw, overrides or [], source)
     try:
-        return SearchConfig.model_validate(raw)
+        return SearchConfig.model_validate(raw, context={"check_model": check_model})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, SearchConfig, source=source)) from None
 

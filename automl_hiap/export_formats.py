@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from automl_hiap.errors import UserError
 from automl_hiap.model_files import ARCH_FORMAT, architecture, load_safetensors, weights
+from automl_hiap.placement import on_host
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 TOLERANCE = 1e-4
@@ -56,7 +57,7 @@ def export_to(
     largest absolute logit difference seen in the check."""
     if fmt not in FORMATS:
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    model = model.eval()
+    model = on_host(model).eval()  # exported and checked on the CPU, whatever its device
     generator = torch.Generator().manual_seed(seed)
     shape = input_shape(model)
     example = torch.randn(TRACE_BATCH, *shape, generator=generator)

@@ -25,13 +25,15 @@ from torch import nn
 
 from automl_hiap.budget import Budget, format_macs
 from automl_hiap.config import SearchConfig
+from automl_hiap.console import Console
 from automl_hiap.cost import subnet_cost
 from automl_hiap.errors import UserError
 from automl_hiap.measure import throughput
 from automl_hiap.model_files import save
 from automl_hiap.outcome import ModelMetrics, SearchMetrics, SearchReport
+from automl_hiap.placement import Placement
 from automl_hiap.plan import resolve
-from automl_hiap.plots import structure_plot
+from automl_hiap.plots import describe_model, structure_plot, structure_title
 from automl_hiap.strategy import SearchContext
 from automl_hiap.trainer import EpochListener, Trainer, is_main_process
 
@@ -47,6 +49,9 @@ def run_search(
     measure_batch: int | None = 64,
     listeners: Sequence[EpochListener] = (),
     dense_scores: MutableMapping[str, Scores] | None = None,
+    console: Console | None = None,
+    source: str = "",
+    placement: Placement | None = None,
 ) -> SearchReport:
     """Search, export, evaluate on the test split, measure, and write the output folder.
 
@@ -59,10 +64,17 @@ def run_search(
     dense model is then scored once, not once per trial, which on CPU is a large part of a
     short trial. It is keyed by :func:`reference_key`, so a trial that changes the weights or
     the data splits scores its own dense model.
+    ``console`` prints phase headings, epoch records and results (default: with bars when
+    ``progress``, else nothing; the CLI passes ``Console(bars=False)`` for ``--no-progress``).
+    ``source`` names the space file in ``structure.png``'s title.
+    ``placement`` overrides where it computes (default: ``train.device`` and its settings); the
+    trainer owns it, and the model, teacher, batches and measurement all follow it.
     """
     from automl_hiap.data import build_datasets
 
     out = Path(out)
+    say = console if console is not None else Console(bars=True) if progress else Console.silent()
+    say.heading("model and data")
     plan = resolve(config, strategy_name, budget)
     config, model, space, dense = plan.config, plan.model, plan.space, plan.dense
     strategy, spec, target = plan.strategy, plan.spec, plan.target_macs
@@ -73,11 +85,27 @@ def run_search(
             f"model.kwargs.num_classes: the model predicts {classes} classes, "
             f"the data has {data.num_classes}"
         )
+    sizes = (len(data.train), len(data.val), len(data.test))  # type: ignore[arg-type]
+    say.info(
+        f"{config.model.name}: {format_macs(dense.macs)} MACs, {dense.params / 1e6:.3f} M params"
+        + ("" if target is None else f"; target {format_macs(target)} MACs")
+    )
+    say.info(
+        f"{config.data.format} data: {sizes[0]} train / {sizes[1]} val / {sizes[2]} test "
+        f"images, {data.num_classes} classes, {config.data.image_size} px"
+    )
 
     trainer = Trainer(
-        config.train, data.train, data.val, checkpoint_dir=out / "checkpoints", progress=progress
+        config.train,
+        data.train,
+        data.val,
+        checkpoint_dir=out / "checkpoints",
+        device=placement,
+        progress=progress,
     )
-    trainer.listeners.extend(listeners)
+    trainer.placement.module(model)  # scores, gates and phases all compute on its device
+    trainer.console = say  # phase headings
+    trainer.listeners.extend([say, *listeners])  # the console first: its line is printed
     if not plan.has_weights:
         if config.train.dense_epochs == 0:
             raise UserError(
@@ -91,11 +119,13 @@ def run_search(
     dense_scores = {} if dense_scores is None else dense_scores
     key = reference_key(model, config)
     if key not in dense_scores:
+        say.heading("evaluation of the dense model (test and val splits)")
         dense_scores[key] = {
             "test": trainer.evaluate(model, data.test),
             "val": trainer.evaluate(model),
         }
     dense_test, dense_val = dense_scores[key]["test"], dense_scores[key]["val"]
+    say.info(f"dense: test top-1 {dense_test['top1']:.2%}, val top-1 {dense_val['top1']:.2%}")
 
     context = SearchContext(
         model=model,
@@ -106,22 +136,46 @@ def run_search(
         trainer=trainer,
         teacher=teacher,
     )
+    declared = strategy.fine_tune
+    tune_epochs = 0 if declared is None else getattr(strategy.params, declared.epochs, 0) or 0
+    fine_tune = declared.phase if declared is not None and tune_epochs else None
+    if fine_tune is not None:
+        say.label(fine_tune, "fine-tune of the sliced model")
+    aim = "" if target is None else f" to {format_macs(target)} MACs"
+    say.heading(
+        f"search: {strategy.name}{aim}, then slicing" + (" and fine-tune" if fine_tune else "")
+    )
     started = time.perf_counter()
     result = strategy.run(context)
     search_seconds = time.perf_counter() - started
     subnet, pruned = result.subnet, result.model.eval()
+    cost = subnet_cost(space, subnet)
+    say.info(
+        f"subnet: {format_macs(cost.macs)} MACs ({cost.macs / dense.macs:.1%} of dense), "
+        f"{cost.params / 1e6:.3f} M params; search {search_seconds:.1f} s"
+    )
+    say.heading("evaluation of the pruned model (test and val splits)")
     pruned_test = trainer.evaluate(pruned, data.test)
     pruned_val = trainer.evaluate(pruned)
-    cost = subnet_cost(space, subnet)
+    say.info(f"pruned: test top-1 {pruned_test['top1']:.2%}, val top-1 {pruned_val['top1']:.2%}")
 
     speed: dict[str, float | None] = {"dense": None, "pruned": None}
     if measure_batch is not None:
+        say.heading(f"measurement: images/s of both models at batch {measure_batch}")
         speed.update(
             throughput(
-                {"dense": dense_model, "pruned": pruned}, config.data.image_size, measure_batch
+                {"dense": dense_model, "pruned": pruned},
+                config.data.image_size,
+                measure_batch,
+                placement=trainer.placement,
             )
         )
     dense_speed, pruned_speed = speed["dense"], speed["pruned"]
+    if dense_speed is not None and pruned_speed is not None:
+        say.info(
+            f"dense {dense_speed:.1f} img/s, pruned {pruned_speed:.1f} img/s: "
+            f"{pruned_speed / dense_speed:.2f}x"
+        )
     metrics = SearchMetrics(
         strategy=strategy.name,
         params_config=strategy.params.model_dump(),
@@ -141,15 +195,22 @@ def run_search(
         structure=subnet.describe(),
     )
     if is_main_process():
+        say.heading(f"export to {out}")
         out.mkdir(parents=True, exist_ok=True)
         subnet.save(out / "subnet.json")
         save(pruned, out / "model")
         metrics.write(out / "metrics.json")
-        structure_plot(
-            space,
-            subnet,
-            out / "structure.png",
-            title=f"{config.model.name} · {strategy.name} · {format_macs(cost.macs)} MACs",
+        title = structure_title(
+            source=source,
+            strategy=strategy.name,
+            budget=metrics.budget,
+            macs=cost.macs,
+            dense_macs=dense.macs,
+            model=describe_model(space, config.data.image_size),
+        )
+        structure_plot(space, subnet, out / "structure.png", title=title)
+        say.info(
+            "wrote subnet.json, model/ (arch.json, model.safetensors), metrics.json, structure.png"
         )
     return SearchReport(out=out, subnet=subnet, metrics=metrics)
 
@@ -174,7 +235,9 @@ def evaluate_export(folder: str | Path, config: SearchConfig, batch: int = 64) -
     data = build_datasets(config.data, seed=config.train.seed)
     trainer = Trainer(config.train, data.train, data.val)
     top1 = trainer.evaluate(model, data.test)["top1"]
-    speed = throughput({"pruned": model}, config.data.image_size, batch)["pruned"]
+    speed = throughput(
+        {"pruned": model}, config.data.image_size, batch, placement=trainer.placement
+    )["pruned"]
     return {"top1": top1, "images_per_s": speed, "batch": batch}
 
 

@@ -35,6 +35,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from automl_hiap.config import TrainConfig
 from automl_hiap.errors import UserError
+from automl_hiap.loading import EpochOrder, SeededItems, Shard, device_batches, loader_settings
+from automl_hiap.placement import MAP_LOCATION, Placement, auto_device
 from automl_hiap.strategy import TrainHooks
 from automl_hiap.subnet import Subnet
 
@@ -70,20 +72,32 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def init_distributed() -> torch.device:
-    """Join the process group when launched by torchrun; return this process's device."""
+def init_distributed(device: torch.device | None = None) -> torch.device:
+    """Join the process group when launched by torchrun (NCCL for a CUDA device, else gloo);
+    return this process's device: ``device``, else torchrun's local GPU, the current GPU or the
+    CPU (``placement.auto_device``)."""
+    target = auto_device() if device is None else device
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
+        dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
+    if target.type == "cuda":
+        torch.cuda.set_device(target)
+    return target
 
 
 def is_main_process() -> bool:
     return not is_distributed() or dist.get_rank() == 0
+
+
+def _average_gradients(params: list[Tensor]) -> None:
+    """Average the hooks' gradients over ranks in one all-reduce (DDP covers the model's)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for grad, chunk in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        grad.copy_(chunk.view_as(grad))
 
 
 def parameter_groups(
@@ -177,16 +191,20 @@ class Trainer:
         val_data: Dataset | None = None,
         checkpoint_dir: str | Path | None = None,
         teacher: nn.Module | None = None,
-        device: torch.device | str | None = None,
+        device: torch.device | str | Placement | None = None,
         progress: bool = False,
     ) -> None:
         self.config = config
         self.train_data = train_data
         self.val_data = val_data
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        own_device = init_distributed()  # joins the process group under torchrun
-        self.device = torch.device(device) if device is not None else own_device
-        self.teacher = None if teacher is None else teacher.to(self.device).eval()
+        # the one place that decides devices: `device` (or train.device), AMP, compile, pinning
+        placement = device if isinstance(device, Placement) else Placement.resolve(config, device)
+        self.placement = placement
+        init_distributed(placement.device)  # joins the process group under torchrun
+        self.teacher = teacher  # moved to the device (a property: also when set later)
+        self._loaders: dict[Any, DataLoader] = {}  # loaders with persistent workers
+        self._scaler: torch.amp.GradScaler | None = None  # the phase's fp16 loss scaler
         self.progress = progress and is_main_process()
         world = dist.get_world_size() if is_distributed() else 1
         if config.batch_size % world:
@@ -197,10 +215,28 @@ class Trainer:
         # called on the main process after each epoch's checkpoint is written; an exception
         # raised by one (e.g. optuna.TrialPruned) stops the phase, the checkpoint stays
         self.listeners: list[EpochListener] = []
+        # prints each phase's heading (automl_hiap.console.Console, set by run_search)
+        self.console: Any = None
+
+    @property
+    def device(self) -> torch.device:
+        """The device this run computes on (``placement.device``)."""
+        return self.placement.device
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The distillation teacher, in eval mode on the device."""
+        return self._teacher
+
+    @teacher.setter
+    def teacher(self, model: nn.Module | None) -> None:
+        self._teacher = None if model is None else self.placement.module(model).eval()
 
     # ------------------------------------------------------------------ data
     def _loader(self, epoch: int) -> DataLoader:
         """The epoch's batches; the order depends only on (seed, epoch)."""
+        if self.config.num_workers > 0:
+            return self._worker_loader(epoch)
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
         if is_distributed():
             sampler: Any = DistributedSampler(
@@ -216,7 +252,46 @@ class Trainer:
             drop_last=True,
             num_workers=self.config.num_workers,
             generator=generator,
+            pin_memory=self.placement.pin_memory,
         )
+
+    def _worker_loader(self, epoch: int) -> DataLoader:
+        """With workers: one loader for the trainer's life (persistent workers) whose order
+        and per-item augmentation seeds depend only on (seed, epoch) (``automl_hiap.loading``)."""
+        loader = self._loaders.get("train")
+        if loader is None:
+            world = dist.get_world_size() if is_distributed() else 1
+            rank = dist.get_rank() if is_distributed() else 0
+            order = EpochOrder(len(self.train_data), self.config.seed, rank, world)  # type: ignore[arg-type]
+            loader = DataLoader(
+                SeededItems(self.train_data),
+                batch_size=self.local_batch,
+                sampler=order,
+                drop_last=True,
+                **loader_settings(self.config, self.placement),
+            )
+            self._loaders["train"] = loader
+        loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        return loader
+
+    def _eval_loader(self, data: Dataset) -> DataLoader:
+        """Evaluation batches in order; under torchrun each rank takes its share."""
+        loader = self._loaders.get(id(data))
+        if loader is not None and loader.dataset is data:
+            return loader
+        sampler = None
+        if is_distributed():
+            sampler = Shard(len(data), dist.get_rank(), dist.get_world_size())  # type: ignore[arg-type]
+        loader = DataLoader(
+            data,
+            batch_size=self.config.eval_batch_size,
+            shuffle=False,
+            sampler=sampler,
+            **loader_settings(self.config, self.placement),
+        )
+        if self.config.num_workers > 0 and self.config.persistent_workers:
+            self._loaders[id(data)] = loader  # keep its workers for the next evaluation
+        return loader
 
     def steps_per_epoch(self) -> int:
         world = dist.get_world_size() if is_distributed() else 1
@@ -234,7 +309,7 @@ class Trainer:
         """Train ``model`` in place for one phase (resuming it if a checkpoint exists)."""
         hooks = hooks or TrainHooks()
         cfg = self.config
-        model.to(self.device)
+        self.placement.module(model)
         steps = self.steps_per_epoch()
         if steps == 0:
             raise UserError(
@@ -251,24 +326,32 @@ class Trainer:
         )
         ddp_model: nn.Module = model
         if is_distributed():
-            ddp_model = nn.parallel.DistributedDataParallel(model)
+            ddp_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device] if self.placement.is_cuda else None
+            )
+        forward = self.placement.compiled(ddp_model)  # train.compile
+        scaler = self._scaler = self.placement.grad_scaler()  # fp16 only; for _train_epoch
         extra_params = [p for g in extra for p in g["params"]]
 
         start_epoch, resumed, metrics = 0, False, {}
         path = None if self.checkpoint_dir is None else self.checkpoint_dir / f"{phase}.pt"
         if path is not None and path.is_file():
-            state = torch.load(path, map_location=self.device, weights_only=True)
+            state = torch.load(path, map_location=MAP_LOCATION, weights_only=True)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             hooks.load_state_dict(state["hooks"])
             _set_rng_state(state["rng"])
+            if scaler is not None and "scaler" in state:
+                scaler.load_state_dict(state["scaler"])
             start_epoch, resumed, metrics = state["epoch"], True, state["metrics"]
+        if self.console is not None and is_main_process():
+            self.console.phase_start(phase, epochs, steps, cfg.batch_size, start_epoch)
 
         for epoch in range(start_epoch, epochs):
             model.train()
             metrics = self._train_epoch(
-                ddp_model, optimizer, scheduler, hooks, extra_params, epoch, steps, total, phase
+                forward, optimizer, scheduler, hooks, extra_params, epoch, steps, total, phase
             )
             metrics.update(hooks.metrics())
             if self.val_data is not None:
@@ -283,6 +366,7 @@ class Trainer:
                         "rng": _rng_state(),
                         "epoch": epoch + 1,
                         "metrics": metrics,
+                        **({} if scaler is None else {"scaler": scaler.state_dict()}),
                     },
                     path,
                 )
@@ -307,16 +391,17 @@ class Trainer:
         phase: str,
     ) -> dict[str, float]:
         cfg = self.config
+        scaler = self._scaler
         loss_sum, correct, seen = 0.0, 0, 0
-        batches: Iterator[Any] = iter(self._loader(epoch))
+        batches: Iterator[Any] = device_batches(self._loader(epoch), self.placement)
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=steps, desc=f"{phase} {epoch + 1}", leave=False)
+            epochs = total // steps  # the bar says which epoch of how many: "dense 3/25"
+            bar = tqdm(total=steps, desc=f"{phase} {epoch + 1}/{epochs}", leave=False)
         for index in range(steps):
-            images, targets = next(batches)
-            images, targets = images.to(self.device), targets.to(self.device)
+            images, targets = next(batches)  # on the device already
             step = epoch * steps + index
             hooks.on_step_start(step, total)
             with self._autocast():
@@ -332,19 +417,21 @@ class Trainer:
                     f"stopped (last good checkpoint: {last}). Lower train.lr or check the data."
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if scaler is None else scaler.scale(loss)).backward()
             if is_distributed() and extra_params:
-                world = dist.get_world_size()
-                for param in extra_params:
-                    if param.grad is not None:
-                        dist.all_reduce(param.grad)
-                        param.grad /= world
+                _average_gradients(extra_params)
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # hooks and clipping see the true gradients
             hooks.on_after_backward(step)
             if cfg.grad_clip is not None:  # one norm for weights and the hooks' parameters:
                 # clipping gates apart was measured to land HiAP worse (docs/strategies.md)
                 params = [p for g in optimizer.param_groups for p in g["params"]]
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:  # skips the step when fp16 gradients overflowed
+                scaler.step(optimizer)
+                scaler.update()
             scheduler.step()
             hooks.on_step_end(step)
             loss_sum += float(loss.detach()) * len(targets)
@@ -356,6 +443,11 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
         if bar is not None:
             bar.close()
+        if is_distributed():  # every rank reports the figures of the global batches
+            totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
+            totals = self.placement.tensor(totals)
+            dist.all_reduce(totals)
+            loss_sum, correct, seen = float(totals[0]), int(totals[1]), int(totals[2])
         return {"train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1)}
 
     def _task_loss(self, images: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
@@ -374,9 +466,7 @@ class Trainer:
         )
 
     def _autocast(self) -> Any:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+        return self.placement.autocast()  # train.amp: bf16 on CUDA by default, fp32 on CPU
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -386,20 +476,21 @@ class Trainer:
         if data is None:
             raise ValueError("no evaluation data")
         was_training = model.training
-        model.eval()
-        loader = DataLoader(
-            data,
-            batch_size=self.config.eval_batch_size,
-            shuffle=False,
-            num_workers=self.config.num_workers,
-        )
-        correct, seen, loss_sum = 0, 0, 0.0
-        for images, targets in loader:
-            images, targets = images.to(self.device), targets.to(self.device)
+        forward = self.placement.compiled(self.placement.module(model).eval())
+        # sums stay on the device (no sync per batch); float64, as Python floats were
+        correct = self.placement.tensor(torch.zeros((), dtype=torch.long))
+        loss_sum = self.placement.tensor(torch.zeros((), dtype=torch.float64))
+        seen = 0
+        for images, targets in device_batches(self._eval_loader(data), self.placement):
             with self._autocast():
-                logits = model(images).float()
-            loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
-            correct += int((logits.argmax(-1) == targets).sum())
+                logits = forward(images).float()
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
+            correct += (logits.argmax(-1) == targets).sum()
             seen += len(targets)
         model.train(was_training)
-        return {"top1": correct / max(seen, 1), "loss": loss_sum / max(seen, 1)}
+        count = self.placement.tensor(torch.tensor(float(seen), dtype=torch.float64))
+        totals = torch.stack([correct.double(), count, loss_sum])
+        if is_distributed():  # each rank scored its share (Shard)
+            dist.all_reduce(totals)
+        right, scored, loss_total = totals.cpu().tolist()
+        return {"top1": right / max(scored, 1), "loss": loss_total / max(scored, 1)}

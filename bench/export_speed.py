@@ -17,9 +17,9 @@ Two kinds of subnet per target:
 Why: MACs are only a proxy. The figure of merit is the *efficiency*
 ``speed-up / (dense MACs / pruned MACs)``: 1.0 means the wall-clock gain matches the MACs
 reduction; the target is >= 0.8 at batch 64. Uniform vs heterogeneous separates the cost of
-having fewer MACs from the cost of irregular shapes (e.g. one attention call per distinct
-(q/k, v) head shape in :class:`~automl_hiap.pruned_vit.PrunedAttention`, which also leaves
-PyTorch's fused CPU attention kernel when q/k != v).
+having fewer MACs from the cost of irregular shapes (e.g. the zero-padding that lets
+:class:`~automl_hiap.pruned_vit.PrunedAttention` run all heads of a layer in one fused attention
+call; results committed before #16 had one call per distinct (q/k, v) head shape).
 
 How: ``torch.inference_mode()``, a fixed thread count, warm-up forwards, then several timed
 repeats; each repeat runs every model of a (model, batch) group once, in a rotating order, so
@@ -184,7 +184,7 @@ class HeterogeneousSearch:
 
 
 def describe(subnet: Subnet) -> dict[str, Any]:
-    """Shape summary: heads, distinct head shapes (= attention calls), widths per layer."""
+    """Shape summary: heads, distinct head shapes, widths per layer."""
     layers = subnet.layers
     groups = [len({(len(h.qk), len(h.v)) for h in layer.heads}) for layer in layers]
     return {
@@ -472,8 +472,8 @@ count is checked against the cost model). Speed-up = dense median time / pruned 
 **Efficiency = speed-up / (dense MACs / pruned MACs)**; target >= 0.8 at batch 64.
 
 {markdown_table(report["rows"])}
-Subnets (per-layer ranges; "attn calls" = distinct (q/k, v) head shapes in a layer, each one
-scaled-dot-product-attention call in `PrunedAttention`):
+Subnets (per-layer ranges; "attn calls" = distinct (q/k, v) head shapes in a layer; since #16
+`PrunedAttention` pads them to one width and makes one attention call per layer):
 
 {subnet_table(report["subnets"])}"""
     path.write_text(text)

@@ -207,7 +207,7 @@ def column_scores(space: SearchSpace, weights: Weights, heads: list[Tensor]) -> 
         scores.append(
             BlockKeep(
                 attn=torch.zeros((), dtype=torch.float64),
-                head=(qk.sum(1) + v.sum(1)) * pi.double() * shape.num_heads,
+                head=(qk.sum(1) + v.sum(1)) * pi.to(qk) * shape.num_heads,  # π: host
                 ffn=torch.zeros((), dtype=torch.float64),
                 qk=qk,
                 v=v,

@@ -249,7 +249,7 @@ class HiAPSearch(TrainHooks):
 
     def _set_gates(self, module: nn.Module, args: Any) -> None:
         if module.training:
-            generator = torch.Generator(device=self.gates.logits[self.gates.fields[0]].device)
+            generator = torch.Generator()  # host draws, moved: one seed, one noise, any device
             generator.manual_seed(self.seed * 1_000_003 + self.step)
             self.sampled = self.gates.sample(
                 self.tau, generator, self.params.hard_forward, self.noise

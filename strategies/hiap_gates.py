@@ -35,8 +35,9 @@ def gumbel_sigmoid(
 ) -> Tensor:
     """σ((α + s·logistic noise) / τ): a relaxed Bernoulli(σ(α/s)) sample, differentiable in α
     (s = 1: the paper's sampler; s = 0: the deterministic gate σ(α/τ))."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    u = u.clamp(1e-6, 1 - 1e-6)
+    where = logits.device if generator is None else generator.device  # a host generator: moved
+    u = torch.rand(logits.shape, generator=generator, device=where, dtype=logits.dtype)
+    u = u.to(logits.device, non_blocking=True).clamp(1e-6, 1 - 1e-6)
     return torch.sigmoid((logits + scale * (torch.log(u) - torch.log1p(-u))) / tau)
 
 

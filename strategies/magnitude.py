@@ -18,6 +18,10 @@ Choices (no paper defines this baseline):
   the "importance per MAC" ranking with the space's constraints respected.
 * Optional fine-tuning of the sliced model (``finetune_epochs``, default 0: one-shot) is the
   core's fine-tune phase (``Strategy.run``). More in docs/strategies.md.
+
+``criterion`` swaps the energy for a data-driven score of the same coupled groups
+(``automl_hiap.importance``: first-order Taylor, diagonal Fisher) from a few calibration
+batches of the training split; ``normalize`` and ``tradeoff`` say how families are compared.
 """
 
 from __future__ import annotations
@@ -26,81 +30,56 @@ from typing import Annotated
 
 import torch
 from pydantic import Field
-from torch import Tensor
 
-from automl_hiap import layout
+from automl_hiap import importance
 from automl_hiap.errors import UserError
 from automl_hiap.selection import select_to_budget
-from automl_hiap.space import BlockKeep, Unit
+from automl_hiap.space import BlockKeep, SearchSpace
 from automl_hiap.strategy import FineTune, SearchContext, SearchResult, Strategy, StrategyParams
 
 
 class MagnitudeParams(StrategyParams):
-    """Fine-tuning epochs of the exported model (0: one-shot, no training at all)."""
+    """The importance criterion and, for the data-driven ones, the calibration set; fine-tuning
+    epochs of the exported model (0: one-shot, no training at all)."""
 
+    criterion: importance.Criterion = "energy"
+    normalize: importance.Normalize = "family"
+    tradeoff: importance.Tradeoff = "per_mac"
+    calibration_images: Annotated[int, Field(ge=1)] = 512  # training images (taylor/fisher)
+    batch_size: Annotated[int, Field(ge=1)] = 32  # one gradient per batch (fisher's samples)
     finetune_epochs: Annotated[int, Field(ge=0)] = 0
     finetune_lr: Annotated[float, Field(gt=0)] | None = None  # default: train.lr
 
 
-# the unit families scored: BlockKeep field -> space unit
-FAMILIES = {
-    "qk": Unit.QK_DIM,
-    "v": Unit.V_DIM,
-    "neuron": Unit.NEURON,
-    "attn_in": Unit.ATTN_IN,
-    "mlp_in": Unit.MLP_IN,
-}
-
-
-@torch.no_grad()
-def unit_energies(model: torch.nn.Module) -> list[dict[str, Tensor]]:
-    """Per layer: raw energies and weight counts of every unit family."""
-    layers = []
-    for i, block in enumerate(layout.blocks(model)):
-        shape = layout.block_shape(block, i)
-        energy = layout.energy(shape, layout.block_tensors(block), list(FAMILIES.values()))
-        layer = {family: energy[unit] for family, unit in FAMILIES.items()}
-        for family, unit in FAMILIES.items():  # weights one unit owns (to normalize per weight)
-            layer[f"{family}_size"] = torch.tensor(float(layout.weight_count(shape, unit)))
-        layers.append(layer)
-    return layers
-
-
 def importance_scores(model: torch.nn.Module) -> list[BlockKeep]:
-    """Family-normalized, additive unit importances for ``select_to_budget``."""
-    energies = unit_energies(model)
-    scale = {}
-    for family in FAMILIES:
-        total = sum(float(e[family].sum()) for e in energies)
-        count = sum(e[family].numel() * float(e[f"{family}_size"]) for e in energies)
-        scale[family] = total / count if total > 0 else 1.0  # mean energy per weight
-    scores = []
-    for e in energies:
-        qk, v = e["qk"] / scale["qk"], e["v"] / scale["v"]
-        scores.append(
-            BlockKeep(
-                attn=torch.zeros((), dtype=torch.float64),
-                head=qk.sum(1) + v.sum(1),
-                ffn=torch.zeros((), dtype=torch.float64),
-                qk=qk,
-                v=v,
-                neuron=e["neuron"] / scale["neuron"],
-                attn_in=e["attn_in"] / scale["attn_in"],
-                mlp_in=e["mlp_in"] / scale["mlp_in"],
-            )
-        )
-    return scores
+    """Family-normalized, additive unit energies for ``select_to_budget`` (the default
+    criterion; ``automl_hiap.importance`` holds every criterion)."""
+    return importance.importance(model, SearchSpace.from_model(model), "energy")
 
 
 class MagnitudeStrategy(Strategy[MagnitudeParams]):
     name = "magnitude"
     description = "baseline: one-shot pruning by weight energy per MAC, optional fine-tuning"
     fine_tune = FineTune(phase="magnitude_finetune")
-    trainer_error = "strategy.params.finetune_epochs: fine-tuning needs training data"
+    trainer_error = (
+        "strategy.params: fine-tuning (finetune_epochs) and the criteria taylor, fisher and "
+        "gradsq need training data"
+    )
+
+    def uses_trainer(self) -> bool:
+        return super().uses_trainer() or self.params.criterion not in importance.DATA_FREE
 
     def search(self, context: SearchContext) -> SearchResult:
         target = self.target_macs(context)
-        scores = importance_scores(context.model)
+        p = self.params
+        batches = None
+        if p.criterion not in importance.DATA_FREE:
+            batches = importance.calibration_batches(
+                context.trainer.train_data, p.calibration_images, p.batch_size, context.seed
+            )
+        scores = importance.importance(
+            context.model, context.space, p.criterion, batches, p.normalize, p.tradeoff
+        )
         try:
             subnet = select_to_budget(context.space, scores, target)
         except ValueError as exc:

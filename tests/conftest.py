@@ -39,6 +39,16 @@ def synthetic_data(count: int = 64, seed: int = 1234) -> torch.utils.data.Tensor
     )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` skip, with the reason, where CUDA is absent."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (run by bench/gpu_check.py on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _mlflow_store_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """`search` logs to MLflow by default (./mlflow.db): point every test's runs at one

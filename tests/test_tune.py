@@ -213,7 +213,8 @@ def test_epoch_reports_continue_across_phases_and_prune(tiny) -> None:
         (
             ["tune.params.lambda={low: 0.1, high: 1.0}"],
             "test_vit.yaml: tune.params.lambda: strategy 'magnitude' has no parameter lambda; "
-            "expected one of finetune_epochs, finetune_lr",
+            "expected one of criterion, normalize, tradeoff, calibration_images, batch_size, "
+            "finetune_epochs, finetune_lr",
         ),
         (
             ["tune.params.finetune_epochs={low: 1, high: 3}"],

@@ -73,8 +73,9 @@ class PrunedViTPyfunc:
         import torch
 
         images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        device = next(self.model.parameters()).device  # wherever the model was put
         with torch.inference_mode():
-            return self.model(images).float().numpy()
+            return self.model(images.to(device)).float().cpu().numpy()
 
 
 def _load_pyfunc(data_path: str) -> PrunedViTPyfunc:

@@ -125,16 +125,53 @@ def choose_best(
     ]
 
 
+MAX_PARAM_PANELS = 3
+
+
 def pareto_plot(report: TuneReport, path: Path) -> Path:
-    """Val top-1 against MACs: every completed trial, the front, the best, the dense model."""
+    """Write :func:`pareto_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(report)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def pareto_figure(report: TuneReport) -> Any:
+    """Left: val top-1 against MACs (every completed trial, the front, the best, the dense
+    model, the target). Right, one panel per tuned param (up to three): val top-1 against the
+    sampled value, coloured by MACs, so the picture says what the trials explored even when
+    every trial exported the same MACs and the front is a single point."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = list(report.params)[:MAX_PARAM_PANELS]
+    fig, axes = plt.subplots(
+        1, 1 + len(names), figsize=(6.4 + 3.6 * len(names), 4.6), squeeze=False
+    )
+    _front_panel(axes[0][0], report)
+    scored = [r for r in report.rows if r["val_top1"] is not None]
+    macs = [r["macs"] for r in scored if r["macs"] is not None]
+    norm = matplotlib.colors.Normalize(min(macs, default=0) / 1e6, max(macs, default=1) / 1e6)
+    mapped = None
+    for ax, name in zip(axes[0][1:], names, strict=True):
+        mapped = _param_panel(ax, report, scored, name, norm) or mapped
+    if mapped is not None:
+        fig.colorbar(mapped, ax=list(axes[0][1:]), label="exported MACs (M)", shrink=0.9)
+    done = sum(r["state"] == "COMPLETE" for r in report.rows)
+    mode = "Pareto front" if report.pareto else "budget mode"
+    fig.suptitle(f"{report.study} ({mode}): {len(report.rows)} trials, {done} completed")
+    if mapped is None:
+        fig.tight_layout()
+    return fig
+
+
+def _front_panel(ax: Any, report: TuneReport) -> None:
     done = [r for r in report.rows if r["state"] == "COMPLETE" and r["val_top1"] is not None]
     front = [r for r in done if r["trial"] in report.front]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     feasible = [r for r in done if r["feasible"] is not False]
     infeasible = [r for r in done if r["feasible"] is False]
     ax.scatter(
@@ -184,15 +221,83 @@ def pareto_plot(report: TuneReport, path: Path) -> Path:
         )
     if report.target_macs is not None:
         ax.axvline(report.target_macs / 1e6, ls="--", c="tab:green", lw=1, label="target")
+    distinct = {r["macs"] for r in done}
+    if len(done) > 1 and len(distinct) == 1:
+        ax.annotate(
+            f"all {len(done)} trials exported {format_macs(next(iter(distinct)))} MACs:\n"
+            "the panels on the right show what they explored",
+            xy=(0.5, 0.03),
+            xycoords="axes fraction",
+            ha="center",
+            fontsize=8,
+        )
     ax.set_xlabel("MACs (M)")
     ax.set_ylabel("val top-1 (%)")
-    ax.set_title(f"{report.study}: {len(done)} completed trials")
+    ax.set_title("val top-1 vs MACs", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    ax.legend(fontsize=7)
+
+
+def _param_panel(
+    ax: Any, report: TuneReport, rows: list[dict[str, Any]], name: str, norm: Any
+) -> Any:
+    """Val top-1 against one sampled param; returns the scatter (for the colour bar)."""
+    values = [r["params"].get(name) for r in rows]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        xs: list[float] = [float(v) for v in values]
+    else:  # categorical: one position per choice, labelled
+        choices = sorted({str(v) for v in values})
+        xs = [float(choices.index(str(v))) for v in values]
+        ax.set_xticks(range(len(choices)), choices)
+    ys = [100 * r["val_top1"] for r in rows]
+    with_macs = [i for i, r in enumerate(rows) if r["macs"] is not None]
+    without = [i for i, r in enumerate(rows) if r["macs"] is None]  # pruned before a decision
+    mapped = None
+    if with_macs:
+        mapped = ax.scatter(
+            [xs[i] for i in with_macs],
+            [ys[i] for i in with_macs],
+            c=[rows[i]["macs"] / 1e6 for i in with_macs],
+            cmap="viridis",
+            norm=norm,
+            marker="o",
+            label="trials (colour: MACs)",
+        )
+    if without:
+        ax.scatter(
+            [xs[i] for i in without],
+            [ys[i] for i in without],
+            c="tab:gray",
+            marker="x",
+            label="pruned (last val top-1)",
+        )
+    for x, y, row in zip(xs, ys, rows, strict=True):
+        ax.annotate(
+            str(row["trial"]), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points"
+        )
+    best = report.best
+    if best is not None and best["params"].get(name) is not None and best["val_top1"] is not None:
+        value = best["params"][name]
+        x = float(value) if numeric else float(sorted({str(v) for v in values}).index(str(value)))
+        ax.scatter(
+            [x],
+            [100 * best["val_top1"]],
+            marker="*",
+            s=220,
+            facecolors="none",
+            edgecolors="black",
+            zorder=5,
+            label=f"best (trial {best['trial']})",
+        )
+    positive = numeric and xs and min(xs) > 0
+    if positive and max(xs) / min(xs) >= 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(name)
+    ax.set_title(f"val top-1 vs {name} (number: trial)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return mapped
 
 
 def copy_best(best: dict[str, Any], out: Path) -> str | None:

@@ -72,6 +72,8 @@ def work(plan: StudyPlan, quota: int | None, worker: int) -> None:
 def _worker_main(plan: StudyPlan, quota: int, worker: int, threads: int) -> None:
     """Entry point of a spawned local worker."""
     torch.set_num_threads(threads)
+    if torch.cuda.is_available():  # workers take this machine's GPUs in turn (train.device auto)
+        torch.cuda.set_device(worker % torch.cuda.device_count())
     try:
         work(plan, quota, worker)
     except UserError as exc:
