@@ -61,6 +61,11 @@ def share(value: float, digits: int = 1) -> str:
     return pct(value, digits)
 
 
+def mean_sd(mean: float, sd: float, digits: int = 1) -> str:
+    """``0.704, 0.0015`` -> ``'70.4 ± 0.2 %'``."""
+    return f"{100 * mean:.{digits}f} ± {100 * sd:.{digits}f} %"
+
+
 def mega(value: float, digits: int = 1) -> str:
     return f"{value / 1e6:.{digits}f} M"
 
@@ -489,6 +494,29 @@ def render_export_notes(results: Path) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------- selection
+def render_selection_table(results: Path) -> str:
+    record = load(results, "selection.json")
+    body = [
+        [
+            r["method"],
+            f"{r['budget']:g}",
+            mean_sd(r["top1_mean"], r["top1_sd"]) if r["seeds"] > 1 else pct(r["top1_mean"], 1),
+            str(r["seeds"]),
+            share(r["macs_ratio"]),
+            f"{r['speedup']:.2f}×",
+        ]
+        for r in record["summary"]
+    ]
+    header = ["method", "budget", "top-1 (zero-shot)", "seeds", "MACs", "speed-up (batch 64)"]
+    lines = [
+        f"Dense {pct(record['dense_top1'], 1)} on 2,000 fixed test images.",
+        "",
+        table(header, ["l"] + ["r"] * 5, body),
+    ]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "quickstart-time": render_quickstart_time,
     "searches": render_searches,
@@ -500,6 +528,7 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "tune-budget-trials": render_tune_trials,
     "export-speed-table": render_export_table,
     "export-speed-notes": render_export_notes,
+    "selection-table": render_selection_table,
 }
 
 
