@@ -178,9 +178,9 @@ def cmd_search(args: argparse.Namespace) -> None:
     show_plan(console, "search", args, config, budget)  # before seconds of imports
     verify_model_name(config, args.space)
     console.info("loading torch, timm and MLflow ...")
+    from automl_hiap.distributed import is_main_process
     from automl_hiap.search import run_search, summary
     from automl_hiap.tracking import open_tracker
-    from automl_hiap.trainer import is_main_process
 
     tracker = open_tracker(  # checks the store now, before any compute
         config.tracking, args.tracking_uri, args.register, not args.no_tracking, args.out
@@ -301,9 +301,9 @@ def _run_tune(args: argparse.Namespace, config: Any, budget: Any, flags: dict[st
         extra = {"tune": f"{trials} trials, {mode}, tuning {params}"}
         show_plan(Console(bars=False), "tune", args, config, budget, extra)
     verify_model_name(config, args.space)  # imports timm: after the plan is on screen
+    from automl_hiap.distributed import is_main_process
     from automl_hiap.errors import ConfigError
     from automl_hiap.tracking import open_tracker
-    from automl_hiap.trainer import is_main_process
     from automl_hiap.tune import run_tune
     from automl_hiap.tune.results import summary
 

@@ -27,6 +27,7 @@ from automl_hiap.budget import Budget, format_macs
 from automl_hiap.config import SearchConfig
 from automl_hiap.console import Console
 from automl_hiap.cost import subnet_cost
+from automl_hiap.distributed import is_main_process
 from automl_hiap.errors import UserError
 from automl_hiap.measure import throughput
 from automl_hiap.model_files import save
@@ -35,7 +36,7 @@ from automl_hiap.placement import Placement
 from automl_hiap.plan import resolve
 from automl_hiap.plots import describe_model, structure_plot, structure_title
 from automl_hiap.strategy import SearchContext
-from automl_hiap.trainer import EpochListener, Trainer, is_main_process
+from automl_hiap.trainer import EpochListener, Trainer
 
 Scores = dict[str, dict[str, float]]  # split -> {"top1", "loss"}
 

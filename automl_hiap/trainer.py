@@ -18,7 +18,6 @@ explicit all-reduce) are averaged.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -34,13 +33,18 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from automl_hiap.config import TrainConfig
+from automl_hiap.distributed import (
+    average_gradients,
+    init_distributed,
+    is_distributed,
+    is_main_process,
+)
 from automl_hiap.errors import UserError
 from automl_hiap.loading import EpochOrder, SeededItems, Shard, device_batches, loader_settings
-from automl_hiap.placement import MAP_LOCATION, Placement, auto_device
+from automl_hiap.placement import MAP_LOCATION, Placement
+from automl_hiap.recipe import distillation_loss, parameter_groups, warmup_cosine
 from automl_hiap.strategy import TrainHooks
 from automl_hiap.subnet import Subnet
-
-NO_DECAY_NDIM = 1  # biases, norm weights, layer scales, tokens of rank <= 1: no weight decay
 
 
 class TrainingDiverged(UserError):
@@ -66,88 +70,6 @@ class FitResult:
     epochs_run: int
     resumed: bool
     last_metrics: dict[str, float]
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def init_distributed(device: torch.device | None = None) -> torch.device:
-    """Join the process group when launched by torchrun (NCCL for a CUDA device, else gloo);
-    return this process's device: ``device``, else torchrun's local GPU, the current GPU or the
-    CPU (``placement.auto_device``)."""
-    target = auto_device() if device is None else device
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
-    if target.type == "cuda":
-        torch.cuda.set_device(target)
-    return target
-
-
-def is_main_process() -> bool:
-    return not is_distributed() or dist.get_rank() == 0
-
-
-def _average_gradients(params: list[Tensor]) -> None:
-    """Average the hooks' gradients over ranks in one all-reduce (DDP covers the model's)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    for grad, chunk in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
-        grad.copy_(chunk.view_as(grad))
-
-
-def parameter_groups(
-    model: nn.Module, weight_decay: float, extra: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices only; hooks' groups keep their own settings and
-    default to no weight decay (gate logits, scores)."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= NO_DECAY_NDIM else decay).append(param)
-    groups: list[dict[str, Any]] = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    for group in extra:
-        groups.append({"weight_decay": 0.0, **group})
-    return [g for g in groups if g["params"]]
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int) -> Any:
-    """LR factor: linear warm-up, then cosine to zero."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def distillation_loss(
-    logits: Tensor,
-    teacher_logits: Tensor,
-    targets: Tensor,
-    alpha: float,
-    temperature: float,
-    label_smoothing: float,
-) -> Tensor:
-    """(1 − α)·CE(y) + α·T²·KL(p_teacher ‖ p_student) at temperature T (Hinton et al.)."""
-    hard = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-    soft = F.kl_div(
-        F.log_softmax(logits / temperature, -1),
-        F.log_softmax(teacher_logits / temperature, -1),
-        reduction="batchmean",
-        log_target=True,
-    )
-    return (1 - alpha) * hard + alpha * temperature**2 * soft
 
 
 def _rng_state() -> dict[str, Any]:
@@ -419,7 +341,7 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             (loss if scaler is None else scaler.scale(loss)).backward()
             if is_distributed() and extra_params:
-                _average_gradients(extra_params)
+                average_gradients(extra_params)
             if scaler is not None:
                 scaler.unscale_(optimizer)  # hooks and clipping see the true gradients
             hooks.on_after_backward(step)

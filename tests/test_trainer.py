@@ -15,14 +15,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from automl_hiap.config import TrainConfig
+from automl_hiap.recipe import parameter_groups, warmup_cosine
 from automl_hiap.strategy import TrainHooks
-from automl_hiap.trainer import (
-    EpochEnd,
-    Trainer,
-    TrainingDiverged,
-    parameter_groups,
-    warmup_cosine,
-)
+from automl_hiap.trainer import EpochEnd, Trainer, TrainingDiverged
 
 from .conftest import tiny_spec
 
@@ -300,7 +295,7 @@ def test_a_search_under_torchrun_shards_data_reduces_metrics_and_writes_on_rank_
 
 def test_distillation_loss_follows_its_formula() -> None:
     """(1 − α)·CE with label smoothing + α·T²·KL(teacher ‖ student) at temperature T, by hand."""
-    from automl_hiap.trainer import distillation_loss
+    from automl_hiap.recipe import distillation_loss
 
     gen = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(5, 7, generator=gen), torch.randn(5, 7, generator=gen)

@@ -31,10 +31,11 @@ import optuna
 import torch.distributed as dist
 
 from automl_hiap.cost import subnet_cost
+from automl_hiap.distributed import is_distributed
 from automl_hiap.outcome import SearchReport
 from automl_hiap.search import Scores, run_search
 from automl_hiap.space import SearchSpace
-from automl_hiap.trainer import EpochEnd, is_distributed
+from automl_hiap.trainer import EpochEnd
 from automl_hiap.tune.params import suggest, with_params
 from automl_hiap.tune.study import StudyPlan
 

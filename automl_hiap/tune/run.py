@@ -17,9 +17,9 @@ import optuna
 from automl_hiap import plugins
 from automl_hiap.budget import Budget
 from automl_hiap.config import SearchConfig, TuneConfig
+from automl_hiap.distributed import init_distributed, is_distributed, is_main_process
 from automl_hiap.errors import ConfigError, UserError
 from automl_hiap.plan import effective_config, resolve
-from automl_hiap.trainer import init_distributed, is_distributed, is_main_process
 from automl_hiap.tune.objective import broadcast
 from automl_hiap.tune.params import check_params
 from automl_hiap.tune.results import (

@@ -20,8 +20,8 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from automl_hiap.budget import format_macs
+from automl_hiap.distributed import is_main_process
 from automl_hiap.errors import UserError
-from automl_hiap.trainer import is_main_process
 from automl_hiap.tune.objective import Objective, broadcast, follow
 from automl_hiap.tune.results import format_value
 from automl_hiap.tune.storage import open_storage, taken
