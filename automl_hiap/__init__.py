@@ -25,7 +25,8 @@ _HOMES = {
     "automl_hiap.models": ("ModelSpec",),
     "automl_hiap.slicing": ("slice_subnet",),
     "automl_hiap.sources": ("load",),  # folders, files, models:/ and runs:/ URIs
-    "automl_hiap.space": ("BlockKeep", "SearchSpace"),
+    "automl_hiap.keeps": ("BlockKeep",),
+    "automl_hiap.space": ("SearchSpace",),
     "automl_hiap.subnet": ("HeadKeep", "LayerKeep", "Subnet"),
     "automl_hiap.units": ("Unit",),  # torch-free; automl_hiap.space re-exports it
 }
@@ -57,12 +58,13 @@ if TYPE_CHECKING:
     from automl_hiap.budget import Budget, parse_budget
     from automl_hiap.cost import Cost, dense_cost, expected_macs, expected_params, subnet_cost
     from automl_hiap.errors import ConfigError, UserError
+    from automl_hiap.keeps import BlockKeep
     from automl_hiap.masking import Masks
     from automl_hiap.model_files import save
     from automl_hiap.models import ModelSpec
     from automl_hiap.slicing import slice_subnet
     from automl_hiap.sources import load
-    from automl_hiap.space import BlockKeep, SearchSpace
+    from automl_hiap.space import SearchSpace
     from automl_hiap.subnet import HeadKeep, LayerKeep, Subnet
     from automl_hiap.units import Unit
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from automl_hiap.atomic import check_folder
 from automl_hiap.errors import UserError
 
 if TYPE_CHECKING:
@@ -69,8 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_space_args(search)
     search.add_argument("--strategy", help="a strategy name (default: the file's strategy.name)")
-    search.add_argument("--budget", help="fraction of dense MACs (0.5) or absolute MACs (2.3G)")
+    search.add_argument(
+        "--budget",
+        help="fraction of dense MACs (0.5), absolute MACs (2.3G) or latency at batch 1 (8ms)",
+    )
     search.add_argument("--out", default="runs/search", help="output folder (default: %(default)s)")
+    search.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="skip the speed measurement of dense vs pruned (speed fields of metrics.json null)",
+    )
     search.add_argument(
         "--no-progress",
         action="store_true",
@@ -114,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("folder", help="a search's output folder or its model/ folder")
     _add_space_args(evaluate)
+    profile = commands.add_parser(
+        "profile",
+        help="measure this machine's latency table for a space (for budgets like --budget 8ms)",
+    )
+    _add_space_args(profile)
+    profile.add_argument("--out", required=True, help="the table file to write (JSON)")
+    profile.add_argument("--batch", type=_positive, default=1, help="batch size (default: 1)")
+    profile.add_argument("--threads", type=_positive, help="CPU threads (default: torch's)")
+    profile.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    profile.add_argument("--points", type=_positive, default=5, help="grid points per width")
+    profile.add_argument("--repeats", type=_positive, default=5, help="interleaved repeats")
     source_help = "an export folder, a .safetensors export, or models:/NAME@alias, runs:/ID/model"
     pull = commands.add_parser("pull", help="write a registered or logged model's files")
     pull.add_argument("source", help=source_help)
@@ -176,6 +196,10 @@ def cmd_search(args: argparse.Namespace) -> None:
         return
     console = Console(bars=not args.no_progress)
     show_plan(console, "search", args, config, budget)  # before seconds of imports
+    check_folder(args.out, "--out")  # before any run is opened or anything computed
+    from automl_hiap.tracking.reach import preflight  # no MLflow in it
+
+    preflight(config.tracking, args.tracking_uri, not args.no_tracking)  # before MLflow loads
     verify_model_name(config, args.space)
     console.info("loading torch, timm and MLflow ...")
     from automl_hiap.distributed import is_main_process
@@ -189,6 +213,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         "progress": not args.no_progress,
         "console": console,
         "source": args.space,
+        **({"measure_batch": None} if args.no_measure else {}),
     }
     version = None
     if tracker is None:
@@ -203,7 +228,8 @@ def cmd_search(args: argparse.Namespace) -> None:
         print()
         print("\n".join(output_lines(Path(args.out))))
         if tracker is not None:
-            print(f"\nMLflow run {run.id} at {tracker.uri}")
+            again = " (logged in full by an earlier attempt: nothing logged again)"
+            print(f"\nMLflow run {run.id} at {tracker.uri}" + (again if run.done else ""))
             if tracker.uri.startswith("sqlite:///"):
                 print(f"   browse: mlflow ui --backend-store-uri {tracker.uri}")
             if version is not None:
@@ -267,6 +293,8 @@ def show_plan(
     budget = budget if budget is not None else config.budget
     if budget is None:
         aim = "none"
+    elif budget.latency is not None:
+        aim = f"{budget} per forward pass at batch {budget.latency.batch}"
     elif budget.absolute:
         aim = f"{budget} MACs"
     else:
@@ -300,6 +328,10 @@ def _run_tune(args: argparse.Namespace, config: Any, budget: Any, flags: dict[st
         params = ", ".join(config.tune.params)
         extra = {"tune": f"{trials} trials, {mode}, tuning {params}"}
         show_plan(Console(bars=False), "tune", args, config, budget, extra)
+    check_folder(args.out, "--out")  # before the study or any run is opened
+    from automl_hiap.tracking.reach import preflight  # no MLflow in it
+
+    preflight(config.tracking, args.tracking_uri, not args.no_tracking)  # before MLflow loads
     verify_model_name(config, args.space)  # imports timm: after the plan is on screen
     from automl_hiap.distributed import is_main_process
     from automl_hiap.errors import ConfigError
@@ -371,12 +403,50 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     folder = Path(args.folder)
     folder = folder / "model" if (folder / "model").is_dir() else folder
     result = evaluate_export(folder, load_config(args.space, args.overrides))
+    low, high = result["images_per_s_iqr"]
+    load = result["load_average"]
     print(
-        f"top-1 {result['top1']:.2%}   {result['images_per_s']:.1f} img/s (batch {result['batch']})"
+        f"top-1 {result['top1']:.2%}   {result['images_per_s']:.1f} img/s (median of "
+        f"{result['repeats']} interleaved repeats, IQR {low:.1f}–{high:.1f}; batch "
+        f"{result['batch']}" + ("" if load is None else f"; load average {load:.1f}") + ")"
     )
 
 
+def cmd_profile(args: argparse.Namespace) -> None:
+    from automl_hiap.budget import Latency
+    from automl_hiap.config import load_config
+    from automl_hiap.latency import LatencyModel
+    from automl_hiap.latency_table import profile
+    from automl_hiap.models import ModelSpec
+    from automl_hiap.space import SearchSpace
+    from automl_hiap.subnet import Subnet
+
+    config = load_config(args.space, args.overrides)
+    model = ModelSpec(config.model.name, dict(config.model.kwargs)).create()  # timing only
+    space = SearchSpace.from_model(model, config.space.units, config.space.constraints)
+    settings = Latency(batch=args.batch, threads=args.threads, dtype=args.dtype)
+    table = profile(
+        model, space, settings, config.data.image_size, args.points, args.repeats, say=print
+    )
+    table.write(args.out)
+    predicted = LatencyModel(table, space).predict(space, Subnet.dense(space)) * 1e3
+    low, high = table.dense_iqr_ms
+    print(
+        f"wrote {args.out}: fixed part {table.fixed_ms:.3g} ms; dense model predicted "
+        f"{predicted:.3g} ms, measured {table.dense_ms:.3g} ms (IQR {low:.3g}–{high:.3g})"
+    )
+    print(f"use it: --set 'budget={{latency: 8ms, batch: {args.batch}, table: {args.out}}}'")
+
+
 def cmd_pull(args: argparse.Namespace) -> None:
+    from automl_hiap.tracking.reach import check_server, is_uri, resolve_uri
+
+    check_folder(args.out, "--out")  # both checked again by pull(), after torch loads
+    if is_uri(args.source) and not Path(args.source).exists():
+        try:
+            check_server(resolve_uri(flag=args.tracking_uri))
+        except UserError as exc:
+            raise UserError(f"{args.source}: {exc}") from None
     from automl_hiap.tracking.pull import pull
 
     out = pull(args.source, args.out, args.tracking_uri)
@@ -408,6 +478,7 @@ COMMANDS = {
     "search": cmd_search,
     "evaluate": cmd_evaluate,
     "tune": cmd_tune,
+    "profile": cmd_profile,
     "pull": cmd_pull,
     "export": cmd_export,
 }

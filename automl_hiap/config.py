@@ -1,7 +1,10 @@
 """Search-space YAML -> typed, validated, frozen config objects.
 
 Every problem is reported as one line that names the file, the key path and what was expected,
-e.g. ``deit_small.yaml: space.constraints.min_heads: expected an integer >= 0, got -1``.
+e.g. ``deit_small.yaml: space.constraints.min_heads: expected an integer >= 0, got -1``; all of a
+file's problems are reported at once. The text is read by :mod:`automl_hiap.strict_yaml` (size,
+nesting and alias limits, no duplicate keys, UTF-8 only), and no number may be NaN or infinite:
+a config value is never meant to be either, and one that is only shows up as a NaN loss later.
 Relative paths are taken from the current directory; ``${VAR}`` and ``${VAR:-default}`` in
 path values are expanded from the environment so one file works on several machines.
 """
@@ -9,7 +12,9 @@ path values are expanded from the environment so one file works on several machi
 from __future__ import annotations
 
 import difflib
+import math
 import os
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,12 +24,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from automl_hiap import strict_yaml
 from automl_hiap.budget import Budget, parse_budget
 from automl_hiap.errors import ConfigError
 
@@ -106,6 +113,8 @@ class SpaceConfig(_Section):
     @field_validator("units")
     @classmethod
     def _no_duplicates(cls, units: tuple[Unit, ...]) -> tuple[Unit, ...]:
+        if not units:
+            raise ValueError("expected at least one unit to search, e.g. [head, neuron], got []")
         if len(set(units)) != len(units):
             raise ValueError("expected each unit once")
         return units
@@ -264,6 +273,17 @@ class SearchConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig | None = None
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    _source: str = PrivateAttr("")  # how errors name the file it was read from
+
+    @property
+    def source(self) -> str:
+        """The file this config was read from, as errors name it (empty if built in code)."""
+        return self._source
+
+    def where(self, key: str) -> str:
+        """How an error about ``key`` names it: ``file: key.path`` (``key.path`` without a
+        file), so that checks made after loading still point at the line to change."""
+        return f"{self._source}: {key}" if self._source else key
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -272,15 +292,25 @@ class SearchConfig(_Section):
 
 
 def parse_override(assignment: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` -> (["a", "b", "c"], parsed YAML value)."""
+    """``a.b.c=value`` -> (["a", "b", "c"], parsed YAML value); a value that is not YAML is
+    taken as a string, one beyond the YAML limits is refused."""
     key, sep, raw = assignment.partition("=")
+    keys = key.strip().split(".")
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+    if len(keys) > strict_yaml.MAX_DEPTH:
+        raise ConfigError(
+            f"--set {key[:60]!r}: a key path of {len(keys)} parts; "
+            f"expected at most {strict_yaml.MAX_DEPTH}"
+        )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = strict_yaml.load(raw) if raw.strip() else None
+    except strict_yaml.YAMLRefused as exc:
+        where = ".".join([*keys, *exc.path])
+        raise ConfigError(f"--set {where}: {exc}") from None
     except yaml.YAMLError:
         value = raw
-    return key.strip().split("."), value
+    return keys, value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
@@ -306,10 +336,13 @@ def _describe(error: Any, model: type[BaseModel]) -> str:
         fields = _fields_at(model, error["loc"][:-1])
         return "unknown key" + (f" (expected one of: {', '.join(fields)})" if fields else "")
     if kind == "missing":
-        return "missing required key"
+        return "missing item" if isinstance(error["loc"][-1], int) else "missing required key"
     message = message.removeprefix("Value error, ")
-    if "input" in error and kind not in ("value_error",) and not isinstance(error["input"], dict):
-        return f"{message}, got {error['input']!r}"
+    value = error.get("input")
+    said = ", got " in message or message.startswith((f"{value} ", f"{value!r} "))
+    if "input" in error and not isinstance(value, dict) and not said:
+        shown = repr(value)
+        return f"{message}, got {shown if len(shown) <= 80 else shown[:77] + '...'}"
     return message
 
 
@@ -369,35 +402,76 @@ def load_config(
     """
     path = resolve_space_path(name_or_path)
     source = source_name(path)
+    raw = read_space_file(path, source)
+    raw = apply_overrides(raw, overrides or [], source)
+    problems = {key: f"expected a finite number, got {value}" for key, value in _non_finite(raw)}
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" line {where.line + 1}" if where is not None else ""
+        config = SearchConfig.model_validate(raw, context={"check_model": check_model})
+    except ValidationError as exc:
+        for key, message in error_lines(exc, SearchConfig):
+            if not any(key[: len(bad)] == bad for bad in problems):  # said once, by key
+                problems.setdefault(key, message)
+    if problems:
         raise ConfigError(
-            f"{source}:{line}: malformed YAML: {getattr(exc, 'problem', exc)}"
-        ) from None
+            "\n".join(f"{source}: {'.'.join(k) or '(top level)'}: {m}" for k, m in problems.items())
+        )
+    config._source = source
+    return config
+
+
+def read_space_file(path: Path, source: str) -> dict[str, Any]:
+    """The raw mapping of a space file (strictly read; see :mod:`automl_hiap.strict_yaml`)."""
+    try:
+        raw = strict_yaml.load_file(path)
+    except strict_yaml.YAMLRefused as exc:
+        key = ".".join(exc.path)
+        raise ConfigError(f"{source}: {key + ': ' if key else ''}{exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read it: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}:" if mark is not None else ""
+        said = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+        problem = ", ".join(part for part in said if part) or " ".join(str(exc).split())
+        raise ConfigError(f"{source}:{line} malformed YAML: {problem}") from None
     if raw is None:
-        raw = {}
+        return {}
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
         )
-    raw = apply_overrides(raw, overrides or [], source)
-    try:
-        return SearchConfig.model_validate(raw, context={"check_model": check_model})
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, SearchConfig, source=source)) from None
+    return raw
+
+
+def _non_finite(value: Any, key: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], float]]:
+    """Every NaN or infinite float in a raw config, by key path."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield key, value
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield from _non_finite(item, (*key, str(name)))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _non_finite(item, (*key, str(index)))
+
+
+def error_lines(
+    exc: ValidationError, model: type[BaseModel], prefix: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], str]]:
+    """(key path, what was expected) of every problem pydantic found."""
+    return [
+        ((*prefix, *(str(part) for part in error["loc"])), _describe(error, model))
+        for error in exc.errors()
+    ]
 
 
 def format_validation_error(
     exc: ValidationError, model: type[BaseModel], source: str = "", prefix: str = ""
 ) -> str:
     """One line per problem: ``source: key.path: what was expected``."""
-    lines = []
-    for error in exc.errors():
-        parts = ([prefix] if prefix else []) + [str(part) for part in error["loc"]]
-        key = ".".join(parts)
-        head = f"{source}: " if source else ""
-        lines.append(f"{head}{key or '(top level)'}: {_describe(error, model)}")
-    return "\n".join(lines)
+    head = f"{source}: " if source else ""
+    parts = tuple(prefix.split(".")) if prefix else ()
+    return "\n".join(
+        f"{head}{'.'.join(key) or '(top level)'}: {message}"
+        for key, message in error_lines(exc, model, parts)
+    )

@@ -10,96 +10,31 @@ columns of qkv / fc1::
 The formulas take :class:`~automl_hiap.space.BlockKeep` tensors. With 0/1 values they give the
 exact cost of a subnet; with keep-probabilities they give its expectation under independent
 gates (every term is a product of independent factors), differentiable for gate-based search.
+
+:func:`traced_macs` is the independent count they are held to: torch's ``FlopCounterMode``
+(matmuls and convolutions, the same convention) over one forward on the meta device, shapes
+only. ``SearchSpace.from_model`` refuses a model unless every block's traced MACs equal the
+block formula's, and takes the never-pruned rest (stem, pooling head, classifiers) from the
+trace, so every accepted model is costed exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 from torch import Tensor
 
-from automl_hiap.space import UNIT_FIELD, BlockKeep, LayerShape, SearchSpace, Unit
+# the block formulas live below the space (``from_model`` holds models to them); re-exported
+from automl_hiap.block_cost import Traced as Traced
+from automl_hiap.block_cost import block_macs as block_macs
+from automl_hiap.block_cost import block_params as block_params
+from automl_hiap.block_cost import count_macs as count_macs
+from automl_hiap.block_cost import traced_macs as traced_macs
+from automl_hiap.block_cost import unit_macs as unit_macs
+from automl_hiap.space import UNIT_FIELD, BlockKeep, SearchSpace, Unit
 from automl_hiap.subnet import Subnet
-
-Count = TypeVar("Count", int, Tensor)
-
-
-def _total(count: Count) -> Count:
-    return count.sum() if isinstance(count, Tensor) else count
-
-
-def count_macs(
-    tokens: int,
-    embed_dim: int,
-    qk: Count,
-    v: Count,
-    neurons: Count,
-    attn_in: Count,
-    mlp_in: Count,
-) -> Count:
-    """The block formula above from kept counts: ``qk`` / ``v`` are the kept q/k and v dims,
-    per head (a tensor, summed here) or in total; ints give exact integers, tensors expected
-    values. Every MACs figure of the package (cost model, greedy selection, HiAP's repair
-    prices) comes from here."""
-    n, d = tokens, embed_dim
-    return (
-        n * attn_in * _total(2 * qk + v)
-        + n * n * _total(qk + v)
-        + n * d * _total(v)
-        + n * mlp_in * neurons
-        + n * neurons * d
-    )
-
-
-def block_macs(shape: LayerShape, tokens: int, keep: BlockKeep) -> Tensor:
-    """MACs (or expected MACs) of one block."""
-    k = keep.effective(shape)
-    a, b = k.qk.sum(-1), k.v.sum(-1)  # kept q/k and v dims per head
-    return count_macs(
-        tokens, shape.embed_dim, a, b, k.neuron.sum(), k.attn_in.sum(), k.mlp_in.sum()
-    )
-
-
-def unit_macs(shape: LayerShape, tokens: int, unit: Unit) -> int:
-    """MACs that removing one unit of this kind saves from the otherwise dense block (a
-    branch: all of it), e.g. a v dim's qkv row, its AV column and its proj column."""
-    d, hd, dims = shape.embed_dim, shape.head_dim, shape.num_heads * shape.head_dim
-    dense = dict(qk=dims, v=dims, neurons=shape.mlp_hidden, attn_in=d, mlp_in=d)
-    fewer = {
-        Unit.ATTN_BLOCK: dict(qk=0, v=0),
-        Unit.HEAD: dict(qk=dims - hd, v=dims - hd),
-        Unit.FFN_BLOCK: dict(neurons=0),
-        Unit.QK_DIM: dict(qk=dims - 1),
-        Unit.V_DIM: dict(v=dims - 1),
-        Unit.NEURON: dict(neurons=shape.mlp_hidden - 1),
-        Unit.ATTN_IN: dict(attn_in=d - 1),
-        Unit.MLP_IN: dict(mlp_in=d - 1),
-    }[unit]
-    return count_macs(tokens, d, **dense) - count_macs(tokens, d, **(dense | fewer))
-
-
-def block_params(shape: LayerShape, keep: BlockKeep) -> Tensor:
-    """Parameters (or expected parameters) of one block."""
-    k = keep.effective(shape)
-    a, b = k.qk.sum(-1), k.v.sum(-1)
-    qkv_rows = (2 * a + b).sum()
-    neurons = k.neuron.sum()
-    # a branch exists while any of its units does: P = gate · (1 − Π(1 − p_unit))
-    attn_alive = k.attn * (1 - torch.prod(1 - k.head))
-    mlp_alive = k.ffn * (1 - torch.prod(1 - k.neuron))
-    return (
-        k.attn_in.sum() * qkv_rows
-        + qkv_rows * float(shape.qkv_bias)
-        + shape.embed_dim * b.sum()
-        + attn_alive * shape.attn_fixed_params
-        + k.mlp_in.sum() * neurons
-        + neurons * float(shape.fc1_bias)
-        + neurons * shape.embed_dim
-        + mlp_alive * shape.mlp_fixed_params
-    )
 
 
 def expected_macs(space: SearchSpace, keeps: Sequence[BlockKeep]) -> Tensor:

@@ -22,8 +22,6 @@ Choices:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +31,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from automl_hiap.atomic import atomic_path, check_folder
 from automl_hiap.errors import UserError
 from automl_hiap.model_files import ARCH_FORMAT, architecture, load_safetensors, weights
 from automl_hiap.placement import on_host
@@ -63,15 +62,11 @@ def export_to(
     example = torch.randn(TRACE_BATCH, *shape, generator=generator)
     check = torch.randn(CHECK_BATCH, *shape, generator=generator)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        with torch.no_grad():
-            WRITERS[fmt](model, example, temporary)
-            expected = model(check)
-            got = READERS[fmt](temporary)(check)
+    check_folder(out.parent, "--out")
+    with atomic_path(out) as temporary, torch.no_grad():
+        WRITERS[fmt](model, example, temporary)
+        expected = model(check)
+        got = READERS[fmt](temporary)(check)
         diff = (got.float() - expected.float()).abs().max().item()
         if got.shape != expected.shape or not diff <= tolerance:  # `not <=` also catches NaN
             raise UserError(
@@ -79,10 +74,7 @@ def export_to(
                 f"model's by {diff:.3g} (shape {tuple(got.shape)}; tolerance {tolerance:g}); "
                 f"{out} was not written"
             )
-        os.replace(temporary, out)
-        return diff
-    finally:
-        temporary.unlink(missing_ok=True)
+    return diff
 
 
 # ------------------------------------------------------------------ writers and readers

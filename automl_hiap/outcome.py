@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from automl_hiap.atomic import write_json
 from automl_hiap.subnet import Subnet
 
 
@@ -23,7 +24,8 @@ class ModelMetrics:
     val_top1: float  # on the held-out val split (what selection may look at)
     macs: int
     params: int
-    images_per_s: float | None  # None when the measurement was skipped
+    images_per_s: float | None  # median over repeats; None when the measurement was skipped
+    images_per_s_iqr: list[float] | None = None  # [low, high]: interquartile range of repeats
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,30 @@ class SearchMetrics:
     search_seconds: float
     strategy_metrics: dict[str, float] = field(default_factory=dict)
     structure: list[dict[str, Any]] = field(default_factory=list)
+    speedup_iqr: list[float] | None = None  # [low, high] of the repeat-by-repeat ratios
+    measure_repeats: int | None = None
+    load_average: float | None = None  # 1-minute load average when it was measured
+    latency: dict[str, Any] | None = None  # a latency budget: predicted vs measured ms
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def latency_lines(self) -> list[str]:
+        """A latency budget's line of the summary: the exported model's predicted latency
+        next to its measured one (with the spread of the measurement)."""
+        return [] if self.latency is None else self.latency_lines_of(self.latency)
+
+    @staticmethod
+    def latency_lines_of(t: dict[str, Any]) -> list[str]:
+        """The line of :meth:`latency_lines` from a ``latency`` record."""
+        line = (
+            f"latency at batch {t['batch']}, {t['threads']} threads: target {t['target_ms']:.3g} ms"
+        )
+        line += f", predicted {t['predicted_ms']:.3g} ms"
+        if t.get("measured_ms") is not None:
+            low, high = t["measured_iqr_ms"]
+            line += f", measured {t['measured_ms']:.3g} ms (IQR {low:.3g}–{high:.3g})"
+        return [line]
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SearchMetrics:
@@ -55,7 +78,7 @@ class SearchMetrics:
         return cls(**values)
 
     def write(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+        write_json(path, self.to_json(), indent=1)
 
     @classmethod
     def read(cls, path: str | Path) -> SearchMetrics:

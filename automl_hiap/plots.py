@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from automl_hiap.atomic import atomic_path
 from automl_hiap.budget import format_macs
 from automl_hiap.cost import count_macs
 from automl_hiap.space import LayerShape, SearchSpace
@@ -129,7 +130,8 @@ def structure_plot(space: SearchSpace, subnet: Subnet, path: str | Path, title: 
     fig.suptitle(title or "kept structure per layer", fontsize=10)
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, dpi=120)
+    with atomic_path(out) as temporary:
+        fig.savefig(temporary, dpi=120)
     plt.close(fig)
     return out
 

@@ -31,8 +31,8 @@ def describe_space(config: SearchConfig) -> str:
         f"model      {spec.name} {spec.kwargs or ''}".rstrip(),
         f"tokens     {space.tokens}   layers {space.depth}",
         f"dense      {format_macs(dense.macs)} MACs   {dense.params / 1e6:.2f} M params",
-        f"fixed      {format_macs(space.fixed_macs)} MACs (patch embedding + head), "
-        f"{space.fixed_params / 1e6:.3f} M params outside the blocks",
+        f"fixed      {format_macs(space.fixed_macs)} MACs, {space.fixed_params / 1e6:.3f} M "
+        "params outside the blocks (patch embedding or stem, pool, head: never pruned)",
         f"budget     {config.budget if config.budget is not None else '(none)'}",
         f"strategy   {config.strategy.name}",
         f"constraints min_heads={c.min_heads} min_head_dims={c.min_head_dims} "

@@ -18,27 +18,52 @@ import json
 import time
 from collections.abc import MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from automl_hiap.atomic import check_folder
 from automl_hiap.budget import Budget, format_macs
 from automl_hiap.config import SearchConfig
 from automl_hiap.console import Console
 from automl_hiap.cost import subnet_cost
+from automl_hiap.cost_model import CostModel
 from automl_hiap.distributed import is_main_process
 from automl_hiap.errors import UserError
-from automl_hiap.measure import throughput
+from automl_hiap.measure import Measurement, Spread, measure
 from automl_hiap.model_files import save
 from automl_hiap.outcome import ModelMetrics, SearchMetrics, SearchReport
 from automl_hiap.placement import Placement
 from automl_hiap.plan import resolve
 from automl_hiap.plots import describe_model, structure_plot, structure_title
+from automl_hiap.space import SearchSpace
 from automl_hiap.strategy import SearchContext
+from automl_hiap.subnet import Subnet
 from automl_hiap.trainer import EpochListener, Trainer
 
+if TYPE_CHECKING:
+    from automl_hiap.data.datasets import DataSplits
+
 Scores = dict[str, dict[str, float]]  # split -> {"top1", "loss"}
+# the least an output folder needs free: a float32 checkpoint with AdamW's two moments, plus the
+# export; checked before any compute (a write that fails later still fails in one line)
+BYTES_PER_PARAM = 4 * 3 + 4
+
+
+def matching_data(config: SearchConfig, model: nn.Module) -> DataSplits:
+    """The datasets of ``config``; one line when the model predicts another number of classes
+    than the data has (before any training)."""
+    from automl_hiap.data import build_datasets
+
+    data = build_datasets(config.data, seed=config.train.seed)
+    classes = getattr(model, "num_classes", None)
+    if classes is not None and classes != data.num_classes:
+        raise UserError(
+            f"{config.where('model.kwargs.num_classes')}: the model predicts {classes} classes, "
+            f"the data has {data.num_classes}"
+        )
+    return data
 
 
 def run_search(
@@ -71,7 +96,6 @@ def run_search(
     ``placement`` overrides where it computes (default: ``train.device`` and its settings); the
     trainer owns it, and the model, teacher, batches and measurement all follow it.
     """
-    from automl_hiap.data import build_datasets
 
     out = Path(out)
     say = console if console is not None else Console(bars=True) if progress else Console.silent()
@@ -79,17 +103,12 @@ def run_search(
     plan = resolve(config, strategy_name, budget)
     config, model, space, dense = plan.config, plan.model, plan.space, plan.dense
     strategy, spec, target = plan.strategy, plan.spec, plan.target_macs
-    data = build_datasets(config.data, seed=config.train.seed)
-    classes = getattr(model, "num_classes", None)
-    if classes is not None and classes != data.num_classes:
-        raise UserError(
-            f"model.kwargs.num_classes: the model predicts {classes} classes, "
-            f"the data has {data.num_classes}"
-        )
+    check_folder(out, "--out", need_bytes=BYTES_PER_PARAM * dense.params)
+    data = matching_data(config, model)
     sizes = (len(data.train), len(data.val), len(data.test))  # type: ignore[arg-type]
     say.info(
         f"{config.model.name}: {format_macs(dense.macs)} MACs, {dense.params / 1e6:.3f} M params"
-        + ("" if target is None else f"; target {format_macs(target)} MACs")
+        + ("" if target is None else f"; target {plan.cost.describe(target)}")
     )
     say.info(
         f"{config.data.format} data: {sizes[0]} train / {sizes[1]} val / {sizes[2]} test "
@@ -110,8 +129,8 @@ def run_search(
     if not plan.has_weights:
         if config.train.dense_epochs == 0:
             raise UserError(
-                "model.checkpoint: the model has no weights; give a checkpoint, set "
-                "model.pretrained, or train.dense_epochs to train it first"
+                f"{config.where('model.checkpoint')}: the model has no weights; give a "
+                "checkpoint, set model.pretrained, or train.dense_epochs to train it first"
             )
         trainer.fit(model, config.train.dense_epochs, phase="dense")
     dense_model = copy.deepcopy(model).eval()  # the reference, and the distillation teacher
@@ -121,10 +140,11 @@ def run_search(
     key = reference_key(model, config)
     if key not in dense_scores:
         say.heading("evaluation of the dense model (test and val splits)")
-        dense_scores[key] = {
-            "test": trainer.evaluate(model, data.test),
-            "val": trainer.evaluate(model),
-        }
+        with torch.random.fork_rng(devices=[]):  # a cache hit must leave the RNGs as a miss
+            dense_scores[key] = {
+                "test": trainer.evaluate(model, data.test),
+                "val": trainer.evaluate(model),
+            }
     dense_test, dense_val = dense_scores[key]["test"], dense_scores[key]["val"]
     say.info(f"dense: test top-1 {dense_test['top1']:.2%}, val top-1 {dense_val['top1']:.2%}")
 
@@ -136,13 +156,14 @@ def run_search(
         seed=config.train.seed,
         trainer=trainer,
         teacher=teacher,
+        cost=plan.cost,
     )
     declared = strategy.fine_tune
     tune_epochs = 0 if declared is None else getattr(strategy.params, declared.epochs, 0) or 0
     fine_tune = declared.phase if declared is not None and tune_epochs else None
     if fine_tune is not None:
         say.label(fine_tune, "fine-tune of the sliced model")
-    aim = "" if target is None else f" to {format_macs(target)} MACs"
+    aim = "" if target is None else f" to {plan.cost.describe(target)}"
     say.heading(
         f"search: {strategy.name}{aim}, then slicing" + (" and fine-tune" if fine_tune else "")
     )
@@ -160,36 +181,40 @@ def run_search(
     pruned_val = trainer.evaluate(pruned)
     say.info(f"pruned: test top-1 {pruned_test['top1']:.2%}, val top-1 {pruned_val['top1']:.2%}")
 
-    speed: dict[str, float | None] = {"dense": None, "pruned": None}
+    timed: Measurement | None = None
     if measure_batch is not None:
         say.heading(f"measurement: images/s of both models at batch {measure_batch}")
-        speed.update(
-            throughput(
-                {"dense": dense_model, "pruned": pruned},
-                config.data.image_size,
-                measure_batch,
-                placement=trainer.placement,
-            )
+        timed = measure(
+            {"dense": dense_model, "pruned": pruned},
+            config.data.image_size,
+            measure_batch,
+            placement=trainer.placement,
         )
-    dense_speed, pruned_speed = speed["dense"], speed["pruned"]
-    if dense_speed is not None and pruned_speed is not None:
-        say.info(
-            f"dense {dense_speed:.1f} img/s, pruned {pruned_speed:.1f} img/s: "
-            f"{pruned_speed / dense_speed:.2f}x"
-        )
+        say.info(speed_line(timed))
+    latency = latency_record(plan.cost, space, subnet, pruned, target, config.data.image_size)
+    if latency is not None:
+        say.info(SearchMetrics.latency_lines_of(latency)[0])
+    dense_speed = pruned_speed = speedup = None
+    if timed is not None:
+        dense_speed, pruned_speed = timed.images_per_s("dense"), timed.images_per_s("pruned")
+        speedup = timed.speedup("pruned", "dense")
     metrics = SearchMetrics(
         strategy=strategy.name,
         params_config=strategy.params.model_dump(),
         budget=None if config.budget is None else str(config.budget),
         target_macs=target,
         dense=ModelMetrics(
-            dense_test["top1"], dense_val["top1"], dense.macs, dense.params, dense_speed
+            dense_test["top1"], dense_val["top1"], dense.macs, dense.params, *_spread(dense_speed)
         ),
         pruned=ModelMetrics(
-            pruned_test["top1"], pruned_val["top1"], cost.macs, cost.params, pruned_speed
+            pruned_test["top1"], pruned_val["top1"], cost.macs, cost.params, *_spread(pruned_speed)
         ),
         macs_ratio=cost.macs / dense.macs,
-        speedup=None if pruned_speed is None or dense_speed is None else pruned_speed / dense_speed,
+        speedup=None if speedup is None else speedup.median,
+        speedup_iqr=_spread(speedup)[1],
+        measure_repeats=None if speedup is None else speedup.repeats,
+        load_average=None if timed is None else timed.load_average,
+        latency=latency,
         measure_batch=measure_batch,
         search_seconds=search_seconds,
         strategy_metrics=result.metrics,
@@ -216,6 +241,51 @@ def run_search(
     return SearchReport(out=out, subnet=subnet, metrics=metrics)
 
 
+def _spread(spread: Spread | None) -> tuple[float | None, list[float] | None]:
+    """(median, [low, high]) of a measured figure, as metrics.json stores it."""
+    return (None, None) if spread is None else (spread.median, [spread.low, spread.high])
+
+
+def speed_line(timed: Measurement) -> str:
+    """Dense vs pruned images/s and the paired speed-up, each with its interquartile range."""
+    load = "" if timed.load_average is None else f"; load average {timed.load_average:.1f}"
+    return (
+        f"dense {timed.images_per_s('dense').describe(1)} img/s, pruned "
+        f"{timed.images_per_s('pruned').describe(1)} img/s: speed-up "
+        f"{timed.speedup('pruned', 'dense').describe()}x{load}"
+    )
+
+
+def latency_record(
+    cost: CostModel,
+    space: SearchSpace,
+    subnet: Subnet,
+    pruned: nn.Module,
+    target: float | None,
+    image_size: int,
+) -> dict[str, Any] | None:
+    """For a latency budget: the exported model's predicted latency and its measured one
+    (median and interquartile range), where the table was measured (batch, threads, dtype)."""
+    from automl_hiap.latency import LatencyModel
+    from automl_hiap.latency_table import measure_latency
+
+    if not isinstance(cost, LatencyModel) or target is None:
+        return None
+    key = cost.table.key
+    measured = measure_latency(pruned, key, image_size)
+    return {
+        "target_ms": target * 1e3,
+        "predicted_ms": cost.predict(space, subnet) * 1e3,
+        "measured_ms": measured.median,
+        "measured_iqr_ms": [measured.low, measured.high],
+        "repeats": measured.repeats,
+        "batch": key.batch,
+        "threads": key.threads,
+        "dtype": key.dtype,
+        "device": key.device,
+    }
+
+
 def reference_key(model: nn.Module, config: SearchConfig) -> str:
     """What the dense model's scores depend on: its weights and config, and the data splits."""
     digest = hashlib.sha256()
@@ -228,7 +298,8 @@ def reference_key(model: nn.Module, config: SearchConfig) -> str:
 
 
 def evaluate_export(folder: str | Path, config: SearchConfig, batch: int = 64) -> dict[str, Any]:
-    """Re-measure an exported model: test top-1 and throughput."""
+    """Re-measure an exported model: test top-1 and throughput (median of interleaved
+    repeats after warm-up, with its interquartile range)."""
     from automl_hiap.data import build_datasets
     from automl_hiap.model_files import load
 
@@ -236,25 +307,46 @@ def evaluate_export(folder: str | Path, config: SearchConfig, batch: int = 64) -
     data = build_datasets(config.data, seed=config.train.seed)
     trainer = Trainer(config.train, data.train, data.val)
     top1 = trainer.evaluate(model, data.test)["top1"]
-    speed = throughput(
-        {"pruned": model}, config.data.image_size, batch, placement=trainer.placement
-    )["pruned"]
-    return {"top1": top1, "images_per_s": speed, "batch": batch}
+    timed = measure({"pruned": model}, config.data.image_size, batch, placement=trainer.placement)
+    speed = timed.images_per_s("pruned")
+    return {
+        "top1": top1,
+        "images_per_s": speed.median,
+        "images_per_s_iqr": [speed.low, speed.high],
+        "repeats": speed.repeats,
+        "load_average": timed.load_average,
+        "batch": batch,
+    }
 
 
 def summary(report: SearchReport) -> str:
     """The lines the CLI prints after a search."""
     m = report.metrics
     d, p = m.dense, m.pruned
+
+    def speed(model: ModelMetrics) -> str:
+        if model.images_per_s is None:
+            return f"{'-':>9s}"
+        iqr = (
+            ""
+            if model.images_per_s_iqr is None
+            else "  IQR {:.1f}–{:.1f}".format(*model.images_per_s_iqr)
+        )
+        return f"{model.images_per_s:9.1f}{iqr}"
+
+    if m.speedup is None:
+        measured = "speed not measured"
+    else:
+        iqr = "" if m.speedup_iqr is None else " (IQR {:.2f}–{:.2f}x".format(*m.speedup_iqr)
+        repeats = "" if not iqr else f", {m.measure_repeats} repeats)"
+        measured = f"measured speed-up {m.speedup:.2f}x{iqr}{repeats} at batch {m.measure_batch}"
     lines = [
         f"strategy {m.strategy}   budget {m.budget}   output {report.out}",
         f"{'':8s} {'top-1':>8s} {'MACs':>10s} {'params':>10s} {'img/s':>9s}",
-        f"{'dense':8s} {d.top1:8.2%} {format_macs(d.macs):>10s} "
-        f"{d.params / 1e6:9.3f}M {d.images_per_s:9.1f}",
-        f"{'pruned':8s} {p.top1:8.2%} {format_macs(p.macs):>10s} "
-        f"{p.params / 1e6:9.3f}M {p.images_per_s:9.1f}",
-        f"MACs {m.macs_ratio:.1%} of dense, measured speed-up {m.speedup:.2f}x "
-        f"(batch {m.measure_batch})",
+        f"{'dense':8s} {d.top1:8.2%} {format_macs(d.macs):>10s} {d.params / 1e6:9.3f}M {speed(d)}",
+        f"{'pruned':8s} {p.top1:8.2%} {format_macs(p.macs):>10s} {p.params / 1e6:9.3f}M {speed(p)}",
+        f"MACs {m.macs_ratio:.1%} of dense, {measured}",
+        *m.latency_lines(),
         "",
         "layer  heads  q/k dims per head        v dims per head          neurons",
     ]

@@ -1,4 +1,4 @@
-"""From unit scores to a valid subnet under a MACs budget: the two budget solvers.
+"""From unit scores to a valid subnet under a budget: the two budget solvers.
 
 Every score-based strategy ends the same way: keep the most important units until the model
 fits the budget, without breaking the space's constraints. This module does that once, in two
@@ -10,10 +10,16 @@ threshold rules.
 Greedy removal with lazy re-evaluation: each *group* of units (the neurons of one FFN, the v
 dims of one head, the heads of one layer, ...) can shrink by one allowed step (``round_to``
 units, never below the minimum; a whole branch goes in one step when its block unit is
-searched). A step costs the scores of the units it removes and saves MACs; the cheapest step
-per MAC saved is taken until the budget is met. Savings depend on other groups (a v dim saves
-nothing once its head is gone), so a popped step is re-priced and re-queued if it went stale.
-Within a group, units go in ascending score order, so the kept set is always the top-k.
+searched). A step costs the scores of the units it removes and saves cost; the cheapest step
+per unit of cost saved is taken until the budget is met. Savings depend on other groups (a v
+dim saves nothing once its head is gone), so a popped step is re-priced and re-queued if it
+went stale. Within a group, units go in ascending score order, so the kept set is always the
+top-k.
+
+The cost is a :class:`~automl_hiap.cost_model.CostModel`: MACs by default, or a device's
+fitted latency, so the same greedy trades importance per millisecond. A step that saves no
+time (a width the latency table shows to be as slow as a wider one) is never taken, which is
+how slow widths are avoided without rules written by hand.
 """
 
 from __future__ import annotations
@@ -21,16 +27,16 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar, overload
 
 import torch
 
-from automl_hiap.cost import count_macs, expected_macs
+from automl_hiap.cost_model import MACS, CostModel, total_cost
 from automl_hiap.space import BlockKeep, LayerShape, SearchSpace, Unit
 from automl_hiap.subnet import HeadKeep, LayerKeep, Subnet
 
-_Step = tuple[float, Callable[[], None]]  # (score lost per MAC saved, apply)
+_Step = tuple[float, Callable[[], None]]  # (score lost per unit of cost saved, apply)
 T = TypeVar("T", int, float)
 
 
@@ -45,12 +51,21 @@ class _Layer:
     neurons: list[int]
     attn_in: list[int]
     mlp_in: list[int]
+    price: Callable[[_Layer], float]  # the cost model on this block's kept counts
 
-    def macs(self, tokens: int) -> int:
-        a = sum(len(self.qk[h]) for h in self.heads)
-        b = sum(len(self.v[h]) for h in self.heads)
-        counts = (len(self.neurons), len(self.attn_in), len(self.mlp_in))
-        return count_macs(tokens, self.shape.embed_dim, a, b, *counts)
+    def cost(self, heads: list[int] | None = None) -> float:
+        """The block's cost, or what it would be with only ``heads`` kept."""
+        return self.price(self if heads is None else replace(self, heads=heads))
+
+
+def _pricing(space: SearchSpace, index: int, cost: CostModel) -> Callable[[_Layer], float]:
+    def price(layer: _Layer) -> float:
+        qk = [len(layer.qk[h]) for h in layer.heads]
+        v = [len(layer.v[h]) for h in layer.heads]
+        counts = (len(layer.neurons), len(layer.attn_in), len(layer.mlp_in))
+        return cost.counts(space, index, qk, v, *counts)
+
+    return price
 
 
 def _ranked(scores: torch.Tensor | None, count: int) -> list[int]:
@@ -61,22 +76,29 @@ def _ranked(scores: torch.Tensor | None, count: int) -> list[int]:
 
 
 def select_to_budget(
-    space: SearchSpace, scores: Sequence[BlockKeep], target_macs: float, strict: bool = True
+    space: SearchSpace,
+    scores: Sequence[BlockKeep],
+    target: float,
+    strict: bool = True,
+    cost: CostModel = MACS,
 ) -> Subnet:
-    """The subnet that keeps the highest-scored units with MACs <= ``target_macs``.
+    """The subnet that keeps the highest-scored units with a cost <= ``target`` (in MACs, or
+    the unit of ``cost``: seconds for a latency model).
 
     ``scores[l]`` holds an importance per unit of layer l, shaped like the keep values
     (``head (H,)``, ``qk``/``v`` ``(H, head_dim)``, ``neuron (hidden,)``, ``attn_in``/``mlp_in``
     ``(D,)``, ``attn``/``ffn`` scalars); a family left ``None`` (or not searched) is kept whole.
-    Scores must be comparable across families: the greedy trades them per MAC saved.
+    Scores must be comparable across families: the greedy trades them per unit of cost saved.
     When even the smallest allowed subnet exceeds the target, raises ValueError, or with
     ``strict=False`` returns that smallest subnet (a repair that must yield something valid).
     """
     if len(scores) != space.depth:
         raise ValueError(f"expected scores for {space.depth} layers, got {len(scores)}")
-    layers = [_initial(space, shape, s) for shape, s in zip(space.layers, scores, strict=True)]
-    fixed = space.fixed_macs
-    total = fixed + sum(layer.macs(space.tokens) for layer in layers)
+    layers = [
+        _initial(space, shape, s, _pricing(space, i, cost))
+        for i, (shape, s) in enumerate(zip(space.layers, scores, strict=True))
+    ]
+    total = cost.fixed(space) + sum(layer.cost() for layer in layers)
     counter = itertools.count()
     heap: list[tuple[float, int, int, str, int]] = []
 
@@ -88,7 +110,7 @@ def select_to_budget(
     for i in range(space.depth):
         for family, key in _groups(layers[i]):
             push(i, family, key)
-    while total > target_macs and heap:
+    while total > target and heap:
         ratio, _, i, family, key = heapq.heappop(heap)
         step = _step(space, i, layers[i], scores[i], family, key)
         if step is None:
@@ -96,21 +118,28 @@ def select_to_budget(
         if step[0] > ratio + 1e-12 and heap and step[0] > heap[0][0]:
             heapq.heappush(heap, (step[0], next(counter), i, family, key))  # stale: re-queue
             continue
-        before = layers[i].macs(space.tokens)
+        before = layers[i].cost()
         step[1]()  # apply
-        total += layers[i].macs(space.tokens) - before
+        total += layers[i].cost() - before
         push(i, family, key)
-    if total > target_macs and strict:
+    if total > target and strict:
         raise ValueError(
-            f"the smallest allowed subnet has {total:.4g} MACs, above the target {target_macs:.4g}"
+            f"the smallest allowed subnet has {cost.describe(total)}, above the target "
+            f"{cost.describe(target)}"
         )
     return Subnet(tuple(_to_layer_keep(layer) for layer in layers)).validate(space)
 
 
-def _initial(space: SearchSpace, shape: LayerShape, s: BlockKeep) -> _Layer:
+def _initial(
+    space: SearchSpace,
+    shape: LayerShape,
+    s: BlockKeep,
+    price: Callable[[_Layer], float],
+) -> _Layer:
     heads = _ranked(s.head if space.searches(Unit.HEAD) else None, shape.num_heads)
     return _Layer(
         shape=shape,
+        price=price,
         heads=heads,
         qk={h: _ranked(_row(s.qk, h, space, Unit.QK_DIM), shape.head_dim) for h in heads},
         v={h: _ranked(_row(s.v, h, space, Unit.V_DIM), shape.head_dim) for h in heads},
@@ -140,8 +169,9 @@ def _groups(layer: _Layer) -> list[tuple[str, int]]:
 def _step(
     space: SearchSpace, index: int, layer: _Layer, scores: BlockKeep, family: str, key: int
 ) -> _Step | None:
-    """(score lost per MAC saved, apply) of the next allowed shrink of a group, or None."""
-    shape, tokens = layer.shape, space.tokens
+    """(score lost per unit of cost saved, apply) of the next allowed shrink of a group, or
+    None."""
+    shape = layer.shape
     if family in ("qk", "v"):
         unit = Unit.QK_DIM if family == "qk" else Unit.V_DIM
         dims = getattr(layer, family).get(key)
@@ -149,7 +179,7 @@ def _step(
         if key not in layer.heads or values is None or not space.searches(unit):
             return None
         fewer = _next_count(space, len(dims), space.min_dims(index), allow_zero=False)
-        return _shrink(layer, tokens, dims, fewer, values[key])
+        return _shrink(layer, dims, fewer, values[key])
     if family == "neurons":
         if not layer.neurons:
             return None
@@ -157,17 +187,15 @@ def _step(
         new: int | None = 0 if branch else None
         if space.searches(Unit.NEURON) and scores.neuron is not None:
             new = _next_count(space, len(layer.neurons), space.min_neurons(index), branch)
-        return _shrink(
-            layer, tokens, layer.neurons, new, scores.neuron, scores.ffn if new == 0 else None
-        )
+        return _shrink(layer, layer.neurons, new, scores.neuron, scores.ffn if new == 0 else None)
     if family == "heads":
         if not layer.heads:
             return None
         minimum = min(space.min_heads, shape.num_heads)
         if space.searches(Unit.HEAD) and scores.head is not None and len(layer.heads) > minimum:
-            return _drop_heads(layer, tokens, [layer.heads[-1]], scores)
+            return _drop_heads(layer, [layer.heads[-1]], scores)
         if space.searches(Unit.ATTN_BLOCK) and (scores.head, scores.attn) != (None, None):
-            return _drop_heads(layer, tokens, list(layer.heads), scores, branch=True)
+            return _drop_heads(layer, list(layer.heads), scores, branch=True)
         return None
     kept = getattr(layer, family)  # attn_in / mlp_in
     unit = Unit.ATTN_IN if family == "attn_in" else Unit.MLP_IN
@@ -175,7 +203,7 @@ def _step(
     if not space.searches(unit) or values is None:
         return None
     fewest = space.allowed_kept(1, shape.embed_dim, rounding="up")  # one step of round_to
-    return _shrink(layer, tokens, kept, _next_count(space, len(kept), fewest, False), values)
+    return _shrink(layer, kept, _next_count(space, len(kept), fewest, False), values)
 
 
 def _next_count(space: SearchSpace, count: int, minimum: int, allow_zero: bool) -> int | None:
@@ -195,7 +223,6 @@ def _cost_of(values: torch.Tensor | None, removed: list[int]) -> float:
 
 def _shrink(
     layer: _Layer,
-    tokens: int,
     kept: list[int],
     new: int | None,
     values: torch.Tensor | None,
@@ -204,10 +231,10 @@ def _shrink(
     if new is None or new >= len(kept):
         return None
     removed = kept[new:]
-    before = layer.macs(tokens)
+    before = layer.cost()
     saved_kept = kept[:]
     del kept[new:]
-    saved = before - layer.macs(tokens)
+    saved = before - layer.cost()
     kept[:] = saved_kept
     if saved <= 0:
         return None
@@ -220,13 +247,10 @@ def _shrink(
 
 
 def _drop_heads(
-    layer: _Layer, tokens: int, heads: list[int], scores: BlockKeep, branch: bool = False
+    layer: _Layer, heads: list[int], scores: BlockKeep, branch: bool = False
 ) -> _Step | None:
-    before = layer.macs(tokens)
     kept = [h for h in layer.heads if h not in heads]
-    saved = before - _Layer(
-        layer.shape, kept, layer.qk, layer.v, layer.neurons, layer.attn_in, layer.mlp_in
-    ).macs(tokens)
+    saved = layer.cost() - layer.cost(kept)
     if saved <= 0:
         return None
     lost = _cost_of(scores.head, heads) + (
@@ -255,11 +279,11 @@ def _to_layer_keep(layer: _Layer) -> LayerKeep:
 # ---------------------------------------------------------------- threshold selection
 @dataclass(frozen=True)
 class Bisection(Generic[T]):
-    """Where a nested family of masks meets a MACs target."""
+    """Where a nested family of masks meets a target (MACs, or the cost model's unit)."""
 
     value: T  # the least pruning parameter whose masks meet the target (``high`` if none does)
     keeps: list[BlockKeep]  # the masks at ``value``
-    macs: float
+    macs: float  # their cost (MACs for the default cost model)
     feasible: bool  # False: even ``high`` misses the target (``keeps`` are its masks)
 
 
@@ -270,6 +294,7 @@ def bisect_to_budget(
     target: float,
     high: int,
     steps: None = None,
+    cost: CostModel = ...,
 ) -> Bisection[int]: ...
 @overload
 def bisect_to_budget(
@@ -278,6 +303,7 @@ def bisect_to_budget(
     target: float,
     high: float,
     steps: int,
+    cost: CostModel = ...,
 ) -> Bisection[float]: ...
 def bisect_to_budget(
     space: SearchSpace,
@@ -285,6 +311,7 @@ def bisect_to_budget(
     target: float,
     high: Any,
     steps: int | None = None,
+    cost: CostModel = MACS,
 ) -> Bisection[Any]:
     """The least pruning parameter in ``[0, high]`` whose masks meet ``target`` MACs.
 
@@ -300,7 +327,7 @@ def bisect_to_budget(
 
     def fits(value: Any) -> bool:
         keeps = list(keeps_at(value))
-        macs = float(expected_macs(space, keeps))
+        macs = float(total_cost(cost, space, keeps))
         if macs <= target or not best:  # the least feasible so far, or high's masks
             best[:] = [Bisection(value, keeps, macs, feasible=macs <= target)]
         return macs <= target

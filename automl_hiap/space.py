@@ -19,18 +19,29 @@ A :class:`BlockKeep` holds, for one block, a keep value per unit: 0/1 for a hard
 probabilities or gate samples for differentiable search. The same object drives the masks
 on a live model (``masking``), the cost model (``cost``) and subnet conversion (``subnet``),
 so all three agree by construction.
+
+Supported models: exact or refused. :meth:`SearchSpace.from_model` accepts a model only if
+every block is timm's pre-norm ViT ``Block`` with a fused-qkv ``Attention`` and a plain ``Mlp``
+(what ``layout`` and ``slicing`` rebuild) and the block formula of ``cost`` gives, block by
+block, exactly the MACs torch's ``FlopCounterMode`` counts in one forward traced on the meta
+device. Everything outside the blocks (patch embedding or a hybrid CNN stem, an attention-pool
+head, classifiers) is never pruned, so its MACs are a constant of the model, taken from that
+same trace. Windowed or NHWC blocks (SAM), parallel or post-norm blocks, extra tokens the
+formula does not see: refused in one line, before any compute.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from automl_hiap import block_cost
 from automl_hiap.errors import UserError
+from automl_hiap.keeps import BlockKeep, FilledKeep, LayerShape
 
 # the unit vocabulary and Constraints live in the torch-free ``units`` (config imports them
 # without paying for torch); re-exported so ``from automl_hiap.space import Unit`` still works
@@ -61,103 +72,12 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class LayerShape:
-    """Dense shapes of one block, and the parameters that go with each branch."""
-
-    embed_dim: int
-    num_heads: int
-    head_dim: int
-    mlp_hidden: int
-    qkv_bias: bool
-    fc1_bias: bool
-    attn_fixed_params: int  # norm1 + layer scale + proj bias: gone with the branch
-    mlp_fixed_params: int  # norm2 + layer scale + fc2 bias
-
-
-@dataclass
-class BlockKeep:
-    """Keep values of every unit of one block; ``None`` means "all kept" (value 1).
-
-    Shapes: attn, ffn ``()``; head ``(H,)``; qk, v ``(H, head_dim)``; neuron ``(hidden,)``;
-    attn_in, mlp_in ``(embed_dim,)``. Values are raw (a unit's own gate); :meth:`effective`
-    multiplies each micro unit by the macro units above it.
-    """
-
-    attn: Tensor | None = None
-    head: Tensor | None = None
-    ffn: Tensor | None = None
-    qk: Tensor | None = None
-    v: Tensor | None = None
-    neuron: Tensor | None = None
-    attn_in: Tensor | None = None
-    mlp_in: Tensor | None = None
-
-    def filled(self, shape: LayerShape, like: Tensor | None = None) -> FilledKeep:
-        """Every field as a tensor (ones where None), on the device/dtype of ``like``."""
-        given = [t for t in (getattr(self, f.name) for f in fields(self)) if t is not None]
-        ref = like if like is not None else (given[0] if given else torch.ones(()))
-        sizes = {
-            "attn": (),
-            "head": (shape.num_heads,),
-            "ffn": (),
-            "qk": (shape.num_heads, shape.head_dim),
-            "v": (shape.num_heads, shape.head_dim),
-            "neuron": (shape.mlp_hidden,),
-            "attn_in": (shape.embed_dim,),
-            "mlp_in": (shape.embed_dim,),
-        }
-        values = {}
-        for name, size in sizes.items():
-            value = getattr(self, name)
-            values[name] = ref.new_ones(size) if value is None else value.reshape(size)
-        return FilledKeep(**values)
-
-    def effective(self, shape: LayerShape) -> FilledKeep:
-        """Micro under macro: head·attn, qk/v·head·attn, neuron·ffn."""
-        k = self.filled(shape)
-        head = k.head * k.attn
-        return FilledKeep(
-            attn=k.attn,
-            head=head,
-            ffn=k.ffn,
-            qk=k.qk * head[:, None],
-            v=k.v * head[:, None],
-            neuron=k.neuron * k.ffn,
-            attn_in=k.attn_in,
-            mlp_in=k.mlp_in,
-        )
-
-    def map(self, fn: Callable[[Tensor], Tensor]) -> BlockKeep:
-        """Apply ``fn`` to every given tensor (e.g. ``detach``, ``.to(device)``)."""
-        return type(self)(
-            **{
-                f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
-                for f in fields(self)
-            }
-        )
-
-
-@dataclass
-class FilledKeep(BlockKeep):
-    """A :class:`BlockKeep` with every field given."""
-
-    attn: Tensor
-    head: Tensor
-    ffn: Tensor
-    qk: Tensor
-    v: Tensor
-    neuron: Tensor
-    attn_in: Tensor
-    mlp_in: Tensor
-
-
-@dataclass(frozen=True)
 class SearchSpace:
     """The prunable units of one ViT, which of them are searched, and the constraints."""
 
     layers: tuple[LayerShape, ...]
     tokens: int
-    fixed_macs: int  # patch embedding + classifier head(s): never pruned
+    fixed_macs: int  # everything outside the blocks (stem, pooling head, classifiers): traced
     fixed_params: int  # everything outside the blocks
     units: frozenset[Unit] = field(default_factory=lambda: frozenset(ALL_UNITS))
     min_heads: int = 1
@@ -172,32 +92,45 @@ class SearchSpace:
         units: Iterable[Unit | str] = ALL_UNITS,
         constraints: Constraints | None = None,
     ) -> SearchSpace:
-        """Read the structure of a timm ``VisionTransformer`` (DeiT and distilled DeiT too)."""
-        blocks = _blocks_of(model)
-        layers = tuple(layer_shape(i, block) for i, block in enumerate(blocks))
+        """Read the structure of a timm ``VisionTransformer`` (DeiT, distilled DeiT, MAP-pooled,
+        hybrid-stem): refused in one line unless it is costed exactly (module docstring). The
+        model's forward is traced, hooks included: read the space before attaching masks."""
+        label = model_label(model)
+        blocks = _blocks_of(model, label)
+        layers = tuple(layer_shape(i, block, label) for i, block in enumerate(blocks))
         patch_embed = getattr(model, "patch_embed", None)
         if patch_embed is None or not isinstance(getattr(patch_embed, "proj", None), nn.Conv2d):
-            raise UserError("unsupported model: expected a timm ViT with patch_embed.proj (Conv2d)")
+            raise UserError(
+                f"unsupported model {label}: expected a timm ViT with patch_embed.proj (Conv2d)"
+            )
         grid = patch_embed.grid_size
         tokens = int(grid[0] * grid[1]) + int(getattr(model, "num_prefix_tokens", 0))
-        conv = patch_embed.proj
-        patch_macs = (
-            int(grid[0] * grid[1])
-            * conv.out_channels
-            * (conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1])
-        )
-        head_macs = sum(
-            m.in_features * m.out_features
-            for name in ("head", "head_dist")
-            if isinstance(m := getattr(model, name, None), nn.Linear)
-        )
+        traced = block_cost.traced_macs(model, label)
+        for i, (shape, block, counted) in enumerate(
+            zip(layers, blocks, traced.blocks, strict=True)
+        ):
+            d, dims = shape.embed_dim, shape.num_heads * shape.head_dim
+            formula = block_cost.count_macs(tokens, d, dims, dims, shape.mlp_hidden, d, d)
+            if formula != counted:
+                raise UserError(
+                    f"unsupported model {label}: blocks[{i}] traces to {counted:,} MACs but the "
+                    f"block formula over {tokens} tokens gives {formula:,} (its cost would be "
+                    "wrong)"
+                )
+            params = sum(p.numel() for p in block.parameters())
+            dense = BlockKeep().filled(shape, like=torch.ones((), dtype=torch.float64))
+            if (counted_params := round(float(block_cost.block_params(shape, dense)))) != params:
+                raise UserError(
+                    f"unsupported model {label}: blocks[{i}] has {params:,} parameters but the "
+                    f"block formula counts {counted_params:,}"
+                )
         block_params = sum(p.numel() for p in blocks.parameters())
         total_params = sum(p.numel() for p in model.parameters())
         kwargs = {} if constraints is None else constraints.model_dump()
         return cls(
             layers=layers,
             tokens=tokens,
-            fixed_macs=patch_macs + head_macs,
+            fixed_macs=traced.total - sum(traced.blocks),
             fixed_params=total_params - block_params,
             units=frozenset(Unit(u) for u in units),
             **kwargs,
@@ -252,36 +185,49 @@ class SearchSpace:
         return self.allowed_kept(count, full, minimum, rounding="nearest")
 
 
-def _blocks_of(model: nn.Module) -> nn.Sequential:
+def model_label(model: nn.Module) -> str:
+    """How errors name a model: its timm architecture (``samvit_base_patch16``), else its class."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    name = cfg.get("architecture") if isinstance(cfg, dict) else None
+    return repr(name) if isinstance(name, str) else type(model).__name__
+
+
+def _blocks_of(model: nn.Module, label: str) -> nn.Sequential:
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
-        raise UserError("unsupported model: expected a timm VisionTransformer with .blocks")
+        raise UserError(f"unsupported model {label}: expected a timm VisionTransformer (.blocks)")
     return blocks
 
 
-def layer_shape(index: int, block: Any) -> LayerShape:
-    """Check one timm Block is of the supported kind and read its shapes."""
-    where = f"unsupported model: blocks[{index}]"
+def _qualname(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def layer_shape(index: int, block: Any, label: str = "") -> LayerShape:
+    """Check one block is timm's pre-norm ViT ``Block`` (fused-qkv ``Attention``, plain
+    ``Mlp``: the layout ``layout`` and ``slicing`` rebuild; subclasses may change the forward,
+    so the classes must be these) and read its shapes."""
+    from timm.models import vision_transformer as vit
+
+    where = f"unsupported model{' ' + label if label else ''}: blocks[{index}]"
     attn: Any = getattr(block, "attn", None)
     mlp: Any = getattr(block, "mlp", None)
-    for name in ("norm1", "attn", "ls1", "norm2", "mlp", "ls2"):
-        if not hasattr(block, name):
-            raise UserError(f"{where} has no .{name} (expected a timm ViT Block)")
-    qkv, proj = getattr(attn, "qkv", None), getattr(attn, "proj", None)
-    if not isinstance(qkv, nn.Linear) or not isinstance(proj, nn.Linear):
-        raise UserError(f"{where}.attn: expected a timm Attention with fused qkv and proj")
+    kinds = (("", block, vit.Block), (".attn", attn, vit.Attention), (".mlp", mlp, vit.Mlp))
+    for part, module, expected in kinds:
+        if type(module) is not expected:
+            raise UserError(
+                f"{where}{part} is {_qualname(type(module))}, expected {_qualname(expected)}"
+            )
+    qkv, proj, fc1, fc2 = attn.qkv, attn.proj, mlp.fc1, mlp.fc2
+    if not all(isinstance(m, nn.Linear) for m in (qkv, proj, fc1, fc2)):
+        raise UserError(f"{where}: expected Linear qkv, proj, fc1 and fc2 (not 1x1 convs)")
     for name in ("q_norm", "k_norm", "norm"):
         if not isinstance(getattr(attn, name, nn.Identity()), nn.Identity):
             raise UserError(f"{where}.attn.{name}: qk/scale norms are not supported")
     if getattr(attn, "gate", None) is not None:
         raise UserError(f"{where}.attn: gated attention is not supported")
-    fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
-    if not isinstance(fc1, nn.Linear) or not isinstance(fc2, nn.Linear):
-        raise UserError(f"{where}.mlp: expected a timm Mlp with fc1 and fc2")
     if not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity):
         raise UserError(f"{where}.mlp.norm: a norm inside the MLP is not supported")
-    if fc1.out_features != fc2.in_features or fc1.in_features != fc2.out_features:
-        raise UserError(f"{where}.mlp: gated MLPs (SwiGLU/GLU) are not supported")
     heads, head_dim = int(attn.num_heads), int(attn.head_dim)
     if qkv.out_features != 3 * heads * head_dim or proj.in_features != heads * head_dim:
         raise UserError(f"{where}.attn: qkv/proj widths do not match {heads} heads x {head_dim}")

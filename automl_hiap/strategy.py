@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from automl_hiap.cost_model import MACS, CostModel
 from automl_hiap.errors import UserError
 from automl_hiap.models import ModelSpec
 from automl_hiap.slicing import slice_subnet
@@ -72,10 +73,11 @@ class SearchContext:
     model: nn.Module
     spec: ModelSpec
     space: SearchSpace
-    target_macs: float | None
+    target_macs: float | None  # the budget's target, in ``cost``'s unit (seconds: a latency)
     seed: int = 0
     trainer: Any = None  # the runtime's Trainer, when the strategy trains
     teacher: nn.Module | None = None
+    cost: CostModel = MACS  # pass it to the selection: it trades importance per unit of it
 
 
 @dataclass
@@ -157,6 +159,8 @@ class Strategy(ABC, Generic[P]):
     needs_trainer: ClassVar[bool] = False  # the search itself trains or reads training data
     trainer_error: ClassVar[str] = "strategy: {name!r} trains; it needs training data (a trainer)"
     fine_tune: ClassVar[FineTune | None] = None  # the optional phase after slicing
+    # True: the search prices its selection with ``SearchContext.cost`` (a latency budget works)
+    latency_budgets: ClassVar[bool] = False
     # params that make a run a few optimizer steps on a tiny ViT (the conformance suite's)
     smoke_params: ClassVar[dict[str, Any]] = {}
     # optional packages: import name -> install command (the plugin list shows a strategy whose
@@ -214,6 +218,11 @@ class Strategy(ABC, Generic[P]):
         """Raise the class's declared errors for what ``context`` lacks (before any work)."""
         if self.needs_budget:
             self.target_macs(context)
+        if context.cost.unit != "MACs" and not self.latency_budgets:
+            raise UserError(
+                f"budget: strategy {self.name!r} selects to a MACs budget only (it does not "
+                "declare latency_budgets); give a MACs budget, e.g. --budget 0.5"
+            )
         units = self.requires_units
         if units and not any(context.space.searches(u) for u in units):
             raise UserError(self.units_error.format(name=self.name, units=unit_listing(units)))

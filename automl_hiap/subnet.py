@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from automl_hiap.atomic import write_json
 from automl_hiap.errors import UserError
 from automl_hiap.space import BlockKeep, FilledKeep, LayerShape, SearchSpace, Unit
 
@@ -162,7 +163,7 @@ class Subnet:
             raise UserError(f"malformed subnet spec: {exc!r}") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict()))
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Subnet:

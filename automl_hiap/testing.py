@@ -5,8 +5,10 @@ On a tiny ViT (3 blocks, 48 wide, 16×16 images) with synthetic data, a strategy
 ``smoke_params`` must: declare consistent settings; raise its declared errors for a missing
 budget, unit or trainer before searching; decide a subnet that validates against the space
 and meets the budget; decide the same subnet for the same seed; return weights whose masked
-forward equals the sliced model's; and, with a fine-tune phase, return the sliced subnet
-trained in that phase. A plugin author runs it with one call::
+forward equals the sliced model's; with a fine-tune phase, return the sliced subnet trained in
+that phase; and, when it declares ``latency_budgets``, meet a budget in a cost model that is
+not MACs (the one in ``SearchContext.cost``), as it must a latency. A plugin author runs it
+with one call::
 
     from automl_hiap.testing import check_strategy
     check_strategy(MyStrategy)  # AssertionError naming the failed check
@@ -33,6 +35,7 @@ from torch import nn
 
 from automl_hiap.config import TrainConfig
 from automl_hiap.cost import dense_cost, subnet_cost
+from automl_hiap.cost_model import CostModel, Macs, total_cost
 from automl_hiap.errors import UserError
 from automl_hiap.masking import Masks
 from automl_hiap.models import ModelSpec
@@ -79,20 +82,39 @@ def synthetic_data(count: int = 64, seed: int = 1234) -> torch.utils.data.Tensor
     return torch.utils.data.TensorDataset(images, labels)
 
 
+class DepthPricedCost(Macs):
+    """MACs with block i priced (i + 1)-fold: a cost model unlike MACs (deep blocks dear), for
+    checking that a strategy selects to the context's cost model, as a latency budget needs."""
+
+    unit = "depth-priced MACs"
+
+    def counts(self, space: SearchSpace, index: int, *counts: Any) -> float:
+        return (index + 1) * super().counts(space, index, *counts)
+
+    def block(self, space: SearchSpace, index: int, keep: Any) -> torch.Tensor:
+        return (index + 1) * super().block(space, index, keep)
+
+
 def tiny_context(
     seed: int = 0,
     units: Iterable[Unit] = ALL_UNITS,
     budget: float | None = BUDGET,
     trainer: bool = True,
+    cost: CostModel | None = None,
 ) -> SearchContext:
-    """A fresh tiny ViT (seeded weights), its space and, by default, a CPU trainer."""
+    """A fresh tiny ViT (seeded weights), its space and, by default, a CPU trainer; with
+    ``cost``, the budget is that fraction of the dense model's cost in that model."""
     torch.manual_seed(seed)
     model = TINY.create().eval()
     space = SearchSpace.from_model(model, units, CONSTRAINTS)
-    target = None if budget is None else budget * dense_cost(space).macs
     config = TrainConfig(batch_size=16, lr=1e-3, seed=seed)
     fit = RecordingTrainer(config, synthetic_data(), device="cpu") if trainer else None
-    return SearchContext(model, TINY, space, target, seed=seed, trainer=fit)
+    if cost is None:
+        target = None if budget is None else budget * dense_cost(space).macs
+        return SearchContext(model, TINY, space, target, seed=seed, trainer=fit)
+    dense = float(total_cost(cost, space, space.dense_keep()))
+    target = None if budget is None else budget * dense
+    return SearchContext(model, TINY, space, target, seed=seed, trainer=fit, cost=cost)
 
 
 def smoke_strategy(cls: StrategyClass, fine_tune_epochs: int = 0) -> Strategy[Any]:
@@ -182,6 +204,24 @@ def subnet_validates_and_respects_the_budget(cls: StrategyClass) -> None:
         )
 
 
+def meets_a_budget_in_another_cost_model(cls: StrategyClass) -> None:
+    """With ``latency_budgets``, the subnet meets a budget in ``SearchContext.cost`` (here
+    :class:`DepthPricedCost`), not in MACs."""
+    cost = DepthPricedCost()
+    context, strategy = tiny_context(cost=cost), smoke_strategy(cls)
+    strategy.check(context)
+    subnet = strategy.search(context).subnet
+    assert context.target_macs is not None
+    spent = float(total_cost(cost, context.space, subnet.to_keep(context.space, torch.float64)))
+    if spent > context.target_macs * (1 + BUDGET_TOLERANCE):
+        raise _fail(
+            cls,
+            f"its subnet costs {spent:.0f} {cost.unit}, above the budget "
+            f"{context.target_macs:.0f} (+{BUDGET_TOLERANCE:.0%} tolerance): it does not select "
+            "to SearchContext.cost",
+        )
+
+
 def seed_deterministic(cls: StrategyClass) -> None:
     """Two runs with one seed decide the same subnet (for a strategy that fine-tunes, the
     second run is the fine-tuning one: its decision comes before the fine-tuning)."""
@@ -239,6 +279,7 @@ CHECKS: dict[str, Callable[[StrategyClass], None]] = {
         declarations,
         requirements_checked_before_search,
         subnet_validates_and_respects_the_budget,
+        meets_a_budget_in_another_cost_model,
         seed_deterministic,
         masked_equals_exported,
         fine_tuned_model_is_the_exported_subnet,
@@ -251,6 +292,8 @@ def checks_for(cls: StrategyClass) -> list[str]:
     names = list(CHECKS)
     if cls.fine_tune is None:
         names.remove("fine_tuned_model_is_the_exported_subnet")
+    if not cls.latency_budgets:
+        names.remove("meets_a_budget_in_another_cost_model")
     return names
 
 

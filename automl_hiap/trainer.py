@@ -18,7 +18,6 @@ explicit all-reduce) are averaged.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
+from automl_hiap.atomic import atomic_path
 from automl_hiap.config import TrainConfig
 from automl_hiap.distributed import (
     average_gradients,
@@ -45,6 +45,7 @@ from automl_hiap.placement import MAP_LOCATION, Placement
 from automl_hiap.recipe import distillation_loss, parameter_groups, warmup_cosine
 from automl_hiap.strategy import TrainHooks
 from automl_hiap.subnet import Subnet
+from automl_hiap.tensor_files import read_checkpoint
 
 
 class TrainingDiverged(UserError):
@@ -97,10 +98,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def atomic_save(obj: Any, path: Path) -> None:
     """Write to a temporary file, then rename: a kill never leaves a half-written checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        torch.save(obj, temporary)
 
 
 class Trainer:
@@ -258,7 +257,7 @@ class Trainer:
         start_epoch, resumed, metrics = 0, False, {}
         path = None if self.checkpoint_dir is None else self.checkpoint_dir / f"{phase}.pt"
         if path is not None and path.is_file():
-            state = torch.load(path, map_location=MAP_LOCATION, weights_only=True)
+            state = read_checkpoint(path, "delete it to train this phase again", MAP_LOCATION)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])

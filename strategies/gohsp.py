@@ -52,6 +52,7 @@ from torch.utils.data import DataLoader
 
 from automl_hiap import layout
 from automl_hiap.cost import dense_cost, subnet_cost
+from automl_hiap.cost_model import MACS, CostModel
 from automl_hiap.errors import UserError
 from automl_hiap.selection import select_to_budget
 from automl_hiap.space import BlockKeep, LayerShape, SearchSpace, Unit
@@ -226,11 +227,15 @@ def structure_masks(space: SearchSpace, subnet: Subnet) -> Weights:
 
 
 def project(
-    space: SearchSpace, weights: Weights, heads: list[Tensor], target: float
+    space: SearchSpace,
+    weights: Weights,
+    heads: list[Tensor],
+    target: float,
+    cost: CostModel = MACS,
 ) -> tuple[Weights, Subnet]:
     """Π_S: the budget-feasible structure for ``weights`` and the weights restricted to it."""
     try:
-        subnet = select_to_budget(space, column_scores(space, weights, heads), target)
+        subnet = select_to_budget(space, column_scores(space, weights, heads), target, cost=cost)
     except ValueError as exc:
         raise UserError(f"budget: {exc}") from None
     projected = [
@@ -251,12 +256,13 @@ class _ADMM(TrainHooks):
         target: float,
         params: GOHSPParams,
         steps_per_epoch: int,
+        cost: CostModel = MACS,
     ) -> None:
-        self.space, self.heads, self.target = space, heads, target
+        self.space, self.heads, self.target, self.cost = space, heads, target, cost
         self.weights = block_weights(model)
         self.rho, self.growth = params.rho, params.rho_growth
         self.every = max(1, steps_per_epoch // params.z_updates_per_epoch)
-        self.z, self.subnet = project(space, self.weights, heads, target)
+        self.z, self.subnet = project(space, self.weights, heads, target, cost)
         self.u = [{key: torch.zeros_like(t) for key, t in w.items()} for w in self.z]
 
     def on_after_backward(self, step: int) -> None:
@@ -275,7 +281,7 @@ class _ADMM(TrainHooks):
             {key: p.detach() + u[key] for key, p in w.items()}
             for w, u in zip(self.weights, self.u, strict=True)
         ]
-        self.z, self.subnet = project(self.space, shifted, self.heads, self.target)
+        self.z, self.subnet = project(self.space, shifted, self.heads, self.target, self.cost)
         for w, z, u in zip(self.weights, self.z, self.u, strict=True):
             for key, param in w.items():
                 u[key] += param.detach() - z[key]
@@ -314,6 +320,7 @@ class GOHSPStrategy(Strategy[GOHSPParams]):
     needs_trainer = True
     trainer_error = "strategy: GOHSP ranks heads on training data; it needs a trainer"
     fine_tune = FineTune(phase="gohsp_finetune")  # after the hard pruning
+    latency_budgets = True  # Π_S selects through the core's cost model
     smoke_params: ClassVar[dict[str, Any]] = {"rank_batches": 2, "admm_epochs": 1}
 
     def search(self, context: SearchContext) -> SearchResult:
@@ -325,10 +332,11 @@ class GOHSPStrategy(Strategy[GOHSPParams]):
         grams = head_contribution_gram(model, batches, trainer.device)
         heads = [head_importance(g, params.edges, params.damping) for g in grams]
         if params.admm_epochs > 0:
-            hooks = _ADMM(model, space, heads, target, params, trainer.steps_per_epoch())
+            steps = trainer.steps_per_epoch()
+            hooks = _ADMM(model, space, heads, target, params, steps, context.cost)
             trainer.fit(
                 model, params.admm_epochs, phase="gohsp_admm", hooks=hooks, lr=params.admm_lr
             )
-        _, subnet = project(space, block_weights(model), heads, target)
+        _, subnet = project(space, block_weights(model), heads, target, context.cost)
         metrics = {"macs_ratio": subnet_cost(space, subnet).macs / dense_cost(space).macs}
         return SearchResult(subnet=subnet, model=model, metrics=metrics)

@@ -96,7 +96,8 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from automl_hiap.cost import block_macs, expected_macs, unit_macs
+from automl_hiap.cost import unit_macs
+from automl_hiap.cost_model import MACS, CostModel, total_cost
 from automl_hiap.masking import Masks
 from automl_hiap.selection import select_to_budget
 from automl_hiap.space import (
@@ -142,13 +143,16 @@ class HiAPParams(StrategyParams):
     lr: Annotated[float, Field(gt=0)] | None = None  # weights' lr (default: train.lr)
 
 
-def cost_split(space: SearchSpace, keeps: list[BlockKeep]) -> tuple[Tensor, Tensor]:
-    """(macro, micro) expected block MACs: macro is what remains with every searched micro
-    unit closed (owned by macro gates alone), micro is the rest."""
+def cost_split(
+    space: SearchSpace, keeps: list[BlockKeep], cost: CostModel = MACS
+) -> tuple[Tensor, Tensor]:
+    """(macro, micro) expected block cost (MACs, or a latency model's seconds): macro is what
+    remains with every searched micro unit closed (owned by macro gates alone), micro is the
+    rest."""
     micro_fields = [UNIT_FIELD[u] for u in MICRO_UNITS if space.searches(u)]
     macro = micro = torch.zeros(())
-    for shape, keep in zip(space.layers, keeps, strict=True):
-        total = block_macs(shape, space.tokens, keep)
+    for index, keep in enumerate(keeps):
+        total = cost.block(space, index, keep)
         closed = replace(
             keep,
             **{
@@ -157,7 +161,7 @@ def cost_split(space: SearchSpace, keeps: list[BlockKeep]) -> tuple[Tensor, Tens
                 if (value := getattr(keep, name)) is not None
             },
         )
-        own = block_macs(shape, space.tokens, closed)
+        own = cost.block(space, index, closed)
         macro, micro = macro + own, micro + (total - own)
     return macro, micro
 
@@ -228,11 +232,13 @@ class HiAPSearch(TrainHooks):
         target_macs: float | None,
         seed: int,
         device: torch.device,
+        cost: CostModel = MACS,
     ) -> None:
         self.space, self.params, self.target, self.seed = space, params, target_macs, seed
+        self.cost = cost  # MACs, or a device's latency: the loss and controller steer it
         self.gates = Gates(space, params.gate_init).to(device)
-        self.dense_block_macs = float(expected_macs(space, space.dense_keep())) - space.fixed_macs
-        self.dense_macs = self.dense_block_macs + space.fixed_macs
+        self.dense_cost = float(total_cost(cost, space, space.dense_keep()))
+        self.dense_block_cost = self.dense_cost - cost.fixed(space)
         self.adaptive = target_macs is not None and params.adapt_lambda
         self.multiplier = 1.0 if not self.adaptive else 0.0
         self.integral, self.gap = 0.0, 0.0
@@ -270,8 +276,8 @@ class HiAPSearch(TrainHooks):
 
     def extra_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         p = self.params
-        macro, micro = cost_split(self.space, self.gates.probabilities())
-        cost = p.lambda_macro * (macro + p.micro_ratio * micro) / self.dense_block_macs
+        macro, micro = cost_split(self.space, self.gates.probabilities(), self.cost)
+        cost = p.lambda_macro * (macro + p.micro_ratio * micro) / self.dense_block_cost
         assert self.sampled is not None, "the model's forward sets the sampled gates"
         feasibility = feasibility_penalty(self.space, self.sampled)
         return self.multiplier * cost + p.feasibility_weight * feasibility
@@ -281,7 +287,8 @@ class HiAPSearch(TrainHooks):
         if self.adaptive:
             assert self.target is not None
             with torch.no_grad():
-                macs = float(expected_macs(self.space, self.gates.probabilities(self.noise)))
+                keeps = self.gates.probabilities(self.noise)
+                macs = float(total_cost(self.cost, self.space, keeps))
             self.gap = macs / self.target - 1.0
             self.integral += self.params.dual_lr * self.gap * max(1.0, abs(self.integral))
             bound = self.params.max_multiplier  # geometric growth must not run away on long runs
@@ -290,10 +297,11 @@ class HiAPSearch(TrainHooks):
 
     def metrics(self) -> dict[str, float]:
         with torch.no_grad():
-            expected = float(expected_macs(self.space, self.gates.probabilities()))
+            expected = float(total_cost(self.cost, self.space, self.gates.probabilities()))
+        name = "macs" if self.cost.unit == "MACs" else "latency"  # fractions of the dense model
         values = {
-            "expected_macs": expected / self.dense_macs,
-            "hardened_macs": self.hardened_macs() / self.dense_macs,
+            f"expected_{name}": expected / self.dense_cost,
+            f"hardened_{name}": self.hardened_macs() / self.dense_cost,
             "tau": self.tau,
             "noise": self.noise,
             "lambda_macro": self.multiplier * self.params.lambda_macro,
@@ -322,8 +330,9 @@ class HiAPSearch(TrainHooks):
 
     # ---------------------------------------------------------------- decisions
     def hardened_macs(self) -> float:
+        """The hardened decision's cost (MACs, or seconds under a latency model)."""
         with torch.no_grad():
-            return float(expected_macs(self.space, self.gates.hardened()))
+            return float(total_cost(self.cost, self.space, self.gates.hardened()))
 
     def harden(self) -> tuple[Subnet, int]:
         """The exported decision and how many units the repair changed (0: none needed)."""
@@ -334,7 +343,7 @@ class HiAPSearch(TrainHooks):
         if not off_target and not hard.problems(self.space):
             return hard, 0
         scores = repair_scores(self.space, self.gates.hardened(), self.gates.probabilities())
-        repaired = select_to_budget(self.space, scores, goal, strict=False)
+        repaired = select_to_budget(self.space, scores, goal, strict=False, cost=self.cost)
         changed = _differences(self.space, hard, repaired)
         return repaired, changed
 
@@ -356,6 +365,7 @@ class HiAPStrategy(Strategy[HiAPParams]):
     requires_units = (*MACRO_UNITS, *MICRO_UNITS)  # any one
     units_error = "space.units: hiap needs at least one searched unit"
     needs_trainer = True
+    latency_budgets = True  # the cost loss and controller take the context's cost model
     trainer_error = "hiap: the search trains weights and gates; it needs training data"
     smoke_params: ClassVar[dict[str, Any]] = {"epochs": 1}
 
@@ -368,6 +378,7 @@ class HiAPStrategy(Strategy[HiAPParams]):
             context.target_macs,
             context.seed,
             context.trainer.device,
+            context.cost,
         )
         try:
             fit = context.trainer.fit(

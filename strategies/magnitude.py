@@ -61,6 +61,7 @@ class MagnitudeStrategy(Strategy[MagnitudeParams]):
     name = "magnitude"
     description = "baseline: one-shot pruning by weight energy per MAC, optional fine-tuning"
     fine_tune = FineTune(phase="magnitude_finetune")
+    latency_budgets = True  # selects through the core's cost model
     trainer_error = (
         "strategy.params: fine-tuning (finetune_epochs) and the criteria taylor, fisher and "
         "gradsq need training data"
@@ -81,7 +82,7 @@ class MagnitudeStrategy(Strategy[MagnitudeParams]):
             context.model, context.space, p.criterion, batches, p.normalize, p.tradeoff
         )
         try:
-            subnet = select_to_budget(context.space, scores, target)
+            subnet = select_to_budget(context.space, scores, target, cost=context.cost)
         except ValueError as exc:
             raise UserError(f"budget: {exc}") from None
         return SearchResult(subnet=subnet, model=context.model)

@@ -40,6 +40,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from automl_hiap import layout
+from automl_hiap.cost_model import MACS, CostModel
 from automl_hiap.errors import UserError
 from automl_hiap.selection import bisect_to_budget, select_to_budget
 from automl_hiap.space import BlockKeep, SearchSpace, Unit
@@ -89,7 +90,9 @@ def masks_to_keep(space: SearchSpace, masks: Masks) -> list[BlockKeep]:
     return keeps
 
 
-def repair(space: SearchSpace, keeps: list[BlockKeep], target: float) -> Subnet:
+def repair(
+    space: SearchSpace, keeps: list[BlockKeep], target: float, cost: CostModel = MACS
+) -> Subnet:
     """The budget-feasible, valid subnet closest to NNI's decision (its pruned units go first)."""
     scores = []
     for shape, keep in zip(space.layers, keeps, strict=True):
@@ -105,7 +108,7 @@ def repair(space: SearchSpace, keeps: list[BlockKeep], target: float) -> Subnet:
             )
         )
     try:
-        return select_to_budget(space, scores, target)
+        return select_to_budget(space, scores, target, cost=cost)
     except ValueError as exc:
         raise UserError(f"budget: {exc}") from None
 
@@ -198,13 +201,22 @@ def with_nni_masks(
 
 
 def nni_subnet(
-    space: SearchSpace, masks_at: Callable[[float], Masks], target: float, iterations: int = 14
+    space: SearchSpace,
+    masks_at: Callable[[float], Masks],
+    target: float,
+    cost: CostModel = MACS,
+    iterations: int = 14,
 ) -> tuple[Subnet, float]:
     """Bisect NNI's sparse ratio to the smallest one meeting ``target``, adapt, repair."""
     fit = bisect_to_budget(
-        space, lambda ratio: masks_to_keep(space, masks_at(ratio)), target, 0.99, iterations
+        space,
+        lambda ratio: masks_to_keep(space, masks_at(ratio)),
+        target,
+        0.99,
+        iterations,
+        cost=cost,
     )
-    return repair(space, fit.keeps, target), fit.value
+    return repair(space, fit.keeps, target, cost), fit.value
 
 
 class NNIStrategy(Strategy[NNIParams]):
@@ -218,6 +230,7 @@ class NNIStrategy(Strategy[NNIParams]):
     )
     trainer_error = "strategy.params: Taylor pruning and fine-tuning need training data"
     fine_tune = FineTune(phase="nni_finetune")
+    latency_budgets = True  # the ratio bisects, and the repair selects, by the core's cost model
     smoke_params: ClassVar[dict[str, Any]] = {"pruner": "taylor", "taylor_batches": 2}
 
     def uses_trainer(self) -> bool:
@@ -239,6 +252,6 @@ class NNIStrategy(Strategy[NNIParams]):
             params.pruner,
             batches,
             device,
-            lambda masks_at: nni_subnet(space, masks_at, target),
+            lambda masks_at: nni_subnet(space, masks_at, target, context.cost),
         )
         return SearchResult(subnet=subnet, model=context.model, metrics={"nni_sparse_ratio": ratio})

@@ -225,6 +225,7 @@ class PostTrainStrategy(Strategy[PostTrainParams]):
         "it needs training data (a trainer)"
     )
     fine_tune = FineTune(phase="posttrain_finetune")
+    latency_budgets = True  # selects through the core's cost model
     smoke_params: ClassVar[dict[str, Any]] = {"calibration_images": 32, "batch_size": 16}
 
     def search(self, context: SearchContext) -> SearchResult:
@@ -256,7 +257,8 @@ class PostTrainStrategy(Strategy[PostTrainParams]):
             )
         started = time.perf_counter()
         try:
-            subnet = select_to_budget(space, fisher_scores(space, calibration), target)
+            scores = fisher_scores(space, calibration)
+            subnet = select_to_budget(space, scores, target, cost=context.cost)
         except ValueError as exc:
             raise UserError(f"budget: {exc}") from None
         swaps = 0

@@ -59,6 +59,7 @@ from torch import Tensor, nn
 
 from automl_hiap import layout
 from automl_hiap.cost import dense_cost, expected_macs
+from automl_hiap.cost_model import MACS, CostModel
 from automl_hiap.errors import UserError
 from automl_hiap.masking import Masks
 from automl_hiap.selection import bisect_to_budget, survivors, top_kept
@@ -145,15 +146,19 @@ def _macs(space: SearchSpace, keeps: list[BlockKeep]) -> float:
     return float(expected_macs(space, keeps))
 
 
-def units_for_budget(space: SearchSpace, scores: list[dict[str, Tensor]], target: float) -> int:
-    """The fewest units to prune so that the SERo mask meets ``target`` MACs (bisection:
-    MACs never grow as more units go)."""
+def units_for_budget(
+    space: SearchSpace, scores: list[dict[str, Tensor]], target: float, cost: CostModel = MACS
+) -> int:
+    """The fewest units to prune so that the SERo mask meets ``target`` (MACs, or ``cost``'s
+    unit; bisection: the cost never grows as more units go)."""
     total = sum(s[f].numel() for s in scores for f, u in FAMILIES.items() if space.searches(u))
-    fit = bisect_to_budget(space, lambda pruned: sero_masks(space, scores, pruned), target, total)
+    fit = bisect_to_budget(
+        space, lambda pruned: sero_masks(space, scores, pruned), target, total, cost=cost
+    )
     if not fit.feasible:
         raise UserError(
             f"budget: SERo's smallest structure (minimum dims per head and neurons per layer) "
-            f"has {fit.macs:.4g} MACs, above the target {target:.4g}"
+            f"costs {cost.describe(fit.macs)}, above the target {cost.describe(target)}"
         )
     return fit.value
 
@@ -162,9 +167,16 @@ class _Exploration(TrainHooks):
     """Mask updates every F iterations, cubic unit-sparsity schedule, |W|-scaled update."""
 
     def __init__(
-        self, model: nn.Module, space: SearchSpace, target: float, params: SERoParams, steps: int
+        self,
+        model: nn.Module,
+        space: SearchSpace,
+        target: float,
+        params: SERoParams,
+        steps: int,
+        cost: CostModel = MACS,
     ) -> None:
         self.model, self.space, self.target, self.params = model, space, target, params
+        self.cost = cost
         self.start = params.warmup_epochs * steps
         self.end = params.explore_epochs * steps
         last_update = (
@@ -205,7 +217,7 @@ class _Exploration(TrainHooks):
     def on_after_backward(self, step: int) -> None:
         if self.start <= step < self.end and (step - self.start) % self.params.mask_every == 0:
             scores = gradient_importance(self.model)
-            self.final_units = units_for_budget(self.space, scores, self.target)
+            self.final_units = units_for_budget(self.space, scores, self.target, self.cost)
             pruned = round(self.final_units * self.schedule(step))
             self.keeps = sero_masks(self.space, scores, pruned)
             self._apply()
@@ -256,6 +268,7 @@ class SERoStrategy(Strategy[SERoParams]):
     trainer_error = "strategy: SERo trains; it needs training data (a trainer)"
     # re-optimization: a fresh optimizer and schedule on the physically compressed model
     fine_tune = FineTune(phase="sero_reopt", epochs="reopt_epochs", lr="reopt_lr")
+    latency_budgets = True  # P is solved against the core's cost model
     smoke_params: ClassVar[dict[str, Any]] = {
         "explore_epochs": 2,
         "warmup_epochs": 1,
@@ -265,7 +278,8 @@ class SERoStrategy(Strategy[SERoParams]):
     def search(self, context: SearchContext) -> SearchResult:
         params, space, trainer = self.params, context.space, context.trainer
         target = self.target_macs(context)
-        hooks = _Exploration(context.model, space, target, params, trainer.steps_per_epoch())
+        steps = trainer.steps_per_epoch()
+        hooks = _Exploration(context.model, space, target, params, steps, context.cost)
         self.train_phase(context, hooks, "sero_explore", params.explore_epochs, params.explore_lr)
         subnet = Subnet.from_keep(space, hooks.keeps).validate(space)
         return SearchResult(subnet=subnet, model=context.model, metrics=hooks.metrics())

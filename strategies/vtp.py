@@ -48,6 +48,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from automl_hiap import layout
+from automl_hiap.cost_model import MACS, CostModel
 from automl_hiap.errors import UserError
 from automl_hiap.masking import Masks
 from automl_hiap.selection import bisect_to_budget, survivors, top_kept
@@ -114,17 +115,18 @@ def threshold_masks(
 
 
 def threshold_to_budget(
-    space: SearchSpace, scores: list[dict[str, Tensor]], target: float
+    space: SearchSpace, scores: list[dict[str, Tensor]], target: float, cost: CostModel = MACS
 ) -> Subnet:
-    """The global threshold that keeps the most entries while meeting ``target`` MACs."""
+    """The global threshold that keeps the most entries while meeting ``target`` (MACs, or
+    ``cost``'s unit)."""
     total = sum(s[f].numel() for s in scores for f in _families(space))
     fit = bisect_to_budget(
-        space, lambda pruned: threshold_masks(space, scores, pruned), target, total
+        space, lambda pruned: threshold_masks(space, scores, pruned), target, total, cost=cost
     )
     if not fit.feasible:
         raise UserError(
-            f"budget: VTP's smallest structure has {fit.macs:.4g} MACs, above the target "
-            f"{target:.4g}; search more units (space.units) or raise the budget"
+            f"budget: VTP's smallest structure costs {cost.describe(fit.macs)}, above the "
+            f"target {cost.describe(target)}; search more units (space.units) or raise the budget"
         )
     return Subnet.from_keep(space, fit.keeps).validate(space)
 
@@ -205,6 +207,7 @@ class VTPStrategy(Strategy[VTPParams]):
     needs_trainer = True
     trainer_error = "strategy: VTP trains; it needs training data (a trainer)"
     fine_tune = FineTune(phase="vtp_finetune")
+    latency_budgets = True  # the threshold bisects the core's cost model
     smoke_params: ClassVar[dict[str, Any]] = {"sparse_epochs": 1}
 
     def search(self, context: SearchContext) -> SearchResult:
@@ -214,6 +217,6 @@ class VTPStrategy(Strategy[VTPParams]):
         hooks = _SparseTraining(context.model, space, params)
         self.train_phase(context, hooks, "vtp_sparse", params.sparse_epochs, params.sparse_lr)
         scores = [{f: p.detach() for f, p in s.items()} for s in hooks.scores]
-        subnet = threshold_to_budget(space, scores, target)
+        subnet = threshold_to_budget(space, scores, target, context.cost)
         fold_scores(context.model, scores)
         return SearchResult(subnet=subnet, model=context.model, metrics=hooks.metrics())

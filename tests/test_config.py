@@ -112,7 +112,7 @@ def test_env_expansion_with_defaults(tmp_path: Path, monkeypatch) -> None:
             r"model\.name: expected a timm model name, got unknown model 'not_a_vit'",
         ),
         (GOOD, ["space.units=[head, heads]"], r"space\.units\.1: .*'head'"),
-        (GOOD, ["budget=-1"], r"budget: .*positive budget"),
+        (GOOD, ["budget=-1"], r"budget: .*positive"),
         ("model: {name: [unclosed\n", [], r"space\.yaml: line \d+: malformed YAML"),
         ("- a\n- b\n", [], r"expected a mapping at the top level"),
         ("data: {format: synthetic}\n", [], r"model: missing required key"),
@@ -141,7 +141,7 @@ def test_cli_prints_one_error_line_without_traceback(tmp_path: Path, capsys) -> 
         ("0.5", 0.5, False),
         ("2.3G", 2.3e9, True),
         ("87.1M", 87.1e6, True),
-        ("450000000", 4.5e8, True),
+        ("450000000 MACs", 4.5e8, True),
         ("1", 1.0, False),
     ],
 )

@@ -47,7 +47,8 @@ def counted_macs(model: torch.nn.Module, image_size: int) -> float:
     for module in model.modules():
         if isinstance(module, PrunedAttention) or hasattr(module, "fused_attn"):
             module.fused_attn = False  # the explicit path is visible to the counter
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    # grad mode on: under no_grad the counter's module tracker trips on the MAP head's latent
+    with FlopCounterMode(display=False) as counter:
         model(torch.randn(1, 3, image_size, image_size))
     return counter.get_total_flops() / 2
 
@@ -200,3 +201,60 @@ def test_unit_macs_is_what_removing_one_unit_saves(tiny) -> None:
     assert unit_macs(shape, n, Unit.NEURON) == 2 * n * d
     assert unit_macs(shape, n, Unit.HEAD) == hd * (4 * n * d + 2 * n * n)
     assert unit_macs(shape, n, Unit.ATTN_IN) == n * 3 * shape.num_heads * hd
+
+
+# Models ``from_model`` accepts beyond the plain ViT, each costed exactly: a MAP (SigLIP-style
+# attention-pool) head with and without a class token, register tokens, a hybrid ResNet stem
+EXACT_VARIANTS = {
+    "map": tiny_spec(global_pool="map", class_token=False),
+    "map_with_class_token": tiny_spec(global_pool="map"),
+    "register_tokens": tiny_spec(reg_tokens=3),
+    "hybrid_resnet_stem": ModelSpec(
+        "vit_tiny_r_s16_p8_224",
+        dict(img_size=64, depth=2, embed_dim=32, num_heads=2, mlp_ratio=2.0, num_classes=10),
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(EXACT_VARIANTS))
+def test_accepted_variants_are_costed_exactly_dense_and_pruned(variant: str, tmp_path) -> None:
+    spec = EXACT_VARIANTS[variant]
+    torch.manual_seed(0)
+    model = spec.create().eval()
+    space = ah.SearchSpace.from_model(model)
+    size = model.patch_embed.img_size[0]
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    subnet = random_subnet(space, torch.Generator().manual_seed(2), keep_low=0.3)
+    exported = ah.slice_subnet(model, subnet, spec).eval()
+    with ah.Masks(model, space, subnet.to_keep(space)), torch.no_grad():
+        masked = model(x)
+    with torch.no_grad():  # the pool head / stem travel intact: the same function
+        assert (exported(x) - masked).abs().max() <= 1e-4
+        ah.save(exported, tmp_path)
+        assert (ah.load(tmp_path).eval()(x) - masked).abs().max() <= 1e-4
+    # exact, not approximately: the counter on a real CPU forward (not the meta trace)
+    assert counted_macs(model, size) == ah.dense_cost(space).macs
+    assert counted_macs(exported, size) == ah.subnet_cost(space, subnet).macs
+    assert sum(p.numel() for p in exported.parameters()) == ah.subnet_cost(space, subnet).params
+
+
+def test_fixed_cost_is_what_the_blocks_leave_out() -> None:
+    """The MAP head's q, kv, attention, proj and MLP are in the fixed cost, by hand."""
+    plain = ah.SearchSpace.from_model(tiny_spec(class_token=False, global_pool="avg").create())
+    pooled = ah.SearchSpace.from_model(tiny_spec(class_token=False, global_pool="map").create())
+    n, d, hidden = 16, 32, 64  # 16 patch tokens; the pool's MLP has the blocks' mlp_ratio 2
+    head = d * d + n * 2 * d * d + 2 * n * d + d * d + 2 * d * hidden  # one latent query
+    assert pooled.fixed_macs - plain.fixed_macs == head
+    assert plain.fixed_macs == 16 * 32 * 3 * 4 * 4 + 32 * 10
+
+
+def test_tracing_reads_no_weights_and_leaves_the_model_as_it_was() -> None:
+    model = tiny_spec(global_pool="map").create().train()
+    model.patch_embed.eval()  # a mixed mode must come back as it was
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    real = ah.SearchSpace.from_model(model)
+    assert model.training and not model.patch_embed.training and model.blocks[0].training
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with torch.device("meta"):
+        on_meta = tiny_spec(global_pool="map").create()
+    assert ah.SearchSpace.from_model(on_meta) == real

@@ -64,8 +64,8 @@ class DeviceAudit:
 
     def check(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-        if not own:
-            return
+        if not own or any(t.is_meta and not isinstance(t, OnDevice) for t in own):
+            return  # no weights, or a shape-only trace (SearchSpace.from_model counts MACs)
         self.forwards += 1
         for tensor in [*own, *(a for a in args if isinstance(a, Tensor))]:
             assert isinstance(tensor, OnDevice), (

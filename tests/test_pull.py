@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from automl_hiap.cli import main
 from automl_hiap.errors import UserError
 from automl_hiap.export_formats import export_to
 from automl_hiap.subnet import random_subnet
+from tests.conftest import UNREACHABLE
+from tests.test_disk import _one_line_error
 
 
 @pytest.fixture
@@ -57,6 +60,19 @@ def test_bad_sources_are_one_line_errors(tmp_path: Path, saved) -> None:
     ah.save(pruned, tmp_path / "search" / "other")
     with pytest.raises(UserError, match="several exported models"):
         ah.load(tmp_path / "search")
+
+
+@pytest.mark.parametrize("server", ["unreachable", "mute"])
+def test_pull_from_a_silent_server_fails_in_one_line(
+    tmp_path: Path, capsys, mute_server: str, server: str
+) -> None:
+    uri = UNREACHABLE if server == "unreachable" else mute_server
+    out = tmp_path / "deploy"
+    started = time.monotonic()
+    assert main(["pull", "models:/tiny@champion", "--out", str(out), "--tracking-uri", uri]) == 2
+    assert time.monotonic() - started <= 15
+    _one_line_error(capsys, f"models:/tiny@champion: tracking server {uri} is unreachable")
+    assert not out.exists()
 
 
 # A fresh interpreter in which any import of mlflow raises (and is recorded, in case something

@@ -6,10 +6,13 @@ import pytest
 import torch
 
 import automl_hiap as ah
+from automl_hiap.cli import main
+from automl_hiap.cost import count_macs
 from automl_hiap.errors import UserError
+from automl_hiap.models import ModelSpec
 from automl_hiap.space import Constraints, Unit
 
-from .conftest import tiny_spec
+from .conftest import TINY_KWARGS, tiny_spec
 
 
 def test_reads_shapes_tokens_and_fixed_costs(tiny) -> None:
@@ -24,7 +27,9 @@ def test_reads_shapes_tokens_and_fixed_costs(tiny) -> None:
     ("overrides", "message"),
     [
         (dict(qk_norm=True), "qk/scale norms"),
-        (dict(mlp_layer="swiglu"), "gated MLPs|fc1 and fc2"),
+        (dict(mlp_layer="swiglu"), r"blocks\[0\].mlp is timm.layers.mlp.SwiGLU, expected"),
+        (dict(scale_mlp_norm=True), "a norm inside the MLP"),
+        (dict(scale_attn_norm=True), "qk/scale norms"),
     ],
 )
 def test_unsupported_variants_are_named(overrides, message) -> None:
@@ -98,3 +103,72 @@ def test_nearest_allowed_count_respects_rounding_and_minimum(tiny) -> None:
     assert space.nearest_allowed(2.0, 64, 8) == 8
     assert space.nearest_allowed(63.0, 64, 8) == 64
     assert space.min_dims(0) == 8
+
+
+SAM = ModelSpec(  # windowed attention over NHWC tokens, relative positions, a conv neck
+    "samvit_base_patch16",
+    dict(TINY_KWARGS, global_attn_indexes=[1], window_size=2),
+)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (SAM, r"'samvit_base_patch16': blocks\[0\] is timm.models.vision_transformer_sam.Block"),
+        (tiny_spec(block_fn="ResPostBlock"), r"blocks\[0\] is \S+ResPostBlock, expected"),
+        (tiny_spec(block_fn="ParallelScalingBlock"), r"blocks\[0\]"),
+        (tiny_spec(attn_layer="diff"), r"blocks\[0\].attn is \S+DiffAttention, expected"),
+        (tiny_spec(mlp_layer="GluMlp"), r"blocks\[0\].mlp is \S+GluMlp, expected"),
+    ],
+    ids=["samvit", "post_norm", "parallel", "diff_attention", "glu_mlp"],
+)
+def test_blocks_other_than_timms_pre_norm_vit_block_are_refused(spec, message) -> None:
+    """Slicing rebuilds timm's pre-norm Block: any other block kind (even one whose MACs
+    happen to match, like the post-norm ResPostBlock) would export another function."""
+    from timm import layers
+    from timm.models import vision_transformer as vit
+
+    kwargs = dict(spec.kwargs)
+    if "block_fn" in kwargs:  # timm wants classes here
+        kwargs["block_fn"] = getattr(vit, kwargs["block_fn"])
+    if "mlp_layer" in kwargs:
+        kwargs["mlp_layer"] = getattr(layers, kwargs["mlp_layer"])
+    model = ModelSpec(spec.name, kwargs).create()
+    with pytest.raises(UserError, match=message) as caught:
+        ah.SearchSpace.from_model(model)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_block_the_formula_does_not_describe_is_refused_with_both_counts() -> None:
+    """Blocks of the supported kind over tokens the model does not declare (3 extra here): the
+    traced MACs and the formula's disagree, and the model is refused naming both."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    class ExtraTokens(VisionTransformer):
+        def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+            x = super()._pos_embed(x)
+            return torch.cat([x, x[:, :3]], dim=1)
+
+    model = ExtraTokens(**TINY_KWARGS)
+    traced = count_macs(17 + 3, 32, 32, 32, 64, 32, 32)
+    formula = count_macs(17, 32, 32, 32, 64, 32, 32)
+    with pytest.raises(UserError) as caught:
+        ah.SearchSpace.from_model(model)
+    assert str(caught.value) == (
+        f"unsupported model ExtraTokens: blocks[0] traces to {traced:,} MACs but the block "
+        f"formula over 17 tokens gives {formula:,} (its cost would be wrong)"
+    )
+
+
+def test_an_unsupported_model_fails_inspect_in_one_line_before_any_compute(
+    tmp_path, capsys
+) -> None:
+    kwargs = ", ".join(f"{k}: {v}" for k, v in SAM.kwargs.items())
+    space = tmp_path / "sam.yaml"
+    space.write_text(
+        f"model: {{name: {SAM.name}, kwargs: {{{kwargs}}}}}\n"
+        "data: {format: synthetic, image_size: 16}\nbudget: 0.5\nstrategy: {name: magnitude}\n"
+    )
+    assert main(["inspect", "--space", str(space)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unsupported model 'samvit_base_patch16'" in err[0], err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +15,9 @@ import textwrap
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -28,11 +31,13 @@ from automl_hiap import search, tracking
 from automl_hiap.cli import main
 from automl_hiap.config import load_config
 from automl_hiap.cost import subnet_cost
-from automl_hiap.outcome import SearchMetrics, SearchReport
+from automl_hiap.outcome import ModelMetrics, SearchMetrics, SearchReport
 from automl_hiap.space import SearchSpace
 from automl_hiap.subnet import Subnet, random_subnet
-from automl_hiap.tracking import Tracker, budget_alias, pyfunc, use_store
+from automl_hiap.tracking import Tracker, budget_alias, pyfunc, tracker, use_store
 from automl_hiap.trainer import EpochEnd
+from tests.conftest import LR_RANGE, UNREACHABLE
+from tests.test_disk import _no_compute, _one_line_error, read_only
 
 
 def _search(out: Path | str, *args: str) -> list[str]:
@@ -304,6 +309,156 @@ def test_a_search_run_again_in_its_folder_continues_its_run(tmp_path: Path) -> N
     assert third.id != first.id  # a finished search is not reopened
 
 
+class Killed(BaseException):
+    """A kill -9: the process stops where it is, and no handler reaches the store after it."""
+
+
+# every MlflowClient call that changes the store, and the marker file's writes
+MUTATING = (
+    "create_run", "update_run", "set_terminated", "log_batch", "log_text", "log_dict", "set_tag",
+    "log_artifact", "log_artifacts", "create_logged_model", "finalize_logged_model",
+    "set_logged_model_tags", "log_outputs", "create_registered_model", "create_model_version",
+    "set_registered_model_alias",
+)  # fmt: skip
+
+
+@contextmanager
+def killed_at(monkeypatch: pytest.MonkeyPatch, name: str, occurrence: int) -> Iterator[None]:
+    """Kill the process (raise :class:`Killed`) instead of the ``occurrence``-th call of
+    ``name`` (a store change, the marker's write, or the summary after the run ended), and at
+    every store change after it."""
+    made: list[str] = []
+    dead = False
+
+    def fatal(called: str, original: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            nonlocal dead
+            made.append(called)
+            dead = dead or (called == name and made.count(called) == occurrence)
+            if dead:
+                raise Killed(f"{name} #{occurrence}")
+            return original(*args, **kwargs)
+
+        return call
+
+    with monkeypatch.context() as patch:
+        for change in MUTATING:
+            patch.setattr(MlflowClient, change, fatal(change, getattr(MlflowClient, change)))
+        patch.setattr(tracker, "write_json", fatal("write_json", tracker.write_json))
+        patch.setattr(search, "summary", fatal("summary", search.summary))
+        yield
+    assert dead, f"no {name} #{occurrence} among {made}"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What a finished search leaves in its folder (made directly: no training)."""
+    from tests.conftest import tiny_spec
+
+    folder = tmp_path_factory.mktemp("finished")
+    spec = tiny_spec()
+    torch.manual_seed(0)
+    model = spec.create().eval()
+    space = SearchSpace.from_model(model)
+    subnet = random_subnet(space, torch.Generator().manual_seed(1))
+    ah.save(ah.slice_subnet(model, subnet, spec), folder / "model")
+    subnet.save(folder / "subnet.json")
+    cost = subnet_cost(space, subnet)
+    SearchMetrics(
+        strategy="magnitude",
+        params_config={},
+        budget="0.5",
+        target_macs=None,
+        dense=ModelMetrics(0.5, 0.5, 2 * cost.macs, 2 * cost.params, None),
+        pruned=ModelMetrics(0.4, 0.4, cost.macs, cost.params, None),
+        macs_ratio=0.5,
+        speedup=None,
+        measure_batch=None,
+        search_seconds=1.0,
+    ).write(folder / "metrics.json")
+    return folder
+
+
+def _fake_search(finished: Path) -> Any:
+    def run_search(config: Any, out: str | Path, *args: Any, **kwargs: Any) -> SearchReport:
+        shutil.copytree(finished, out, dirs_exist_ok=True)
+        out = Path(out)
+        metrics = SearchMetrics.read(out / "metrics.json")
+        return SearchReport(out, Subnet.load(out / "subnet.json"), metrics)
+
+    return run_search
+
+
+def _search_command(uri: str, out: Path, name: str, *extra: str) -> list[str]:
+    where = ["--tracking-uri", uri, "--set", f"tracking.experiment={name}", "--register", name]
+    return [*_search(out, *where), *extra]
+
+
+KILL_POINTS = [  # (call, occurrence) in the order an uninterrupted search makes them
+    ("write_json", 1),  # the marker with the run's key, before the run exists
+    ("create_run", 1),
+    ("write_json", 2),  # the marker with the run's id
+    ("log_batch", 3),  # the final metrics
+    ("create_logged_model", 1),
+    ("finalize_logged_model", 1),  # the model's files are logged, it is not READY yet
+    ("log_batch", 6),  # the model's URI as a tag
+    ("create_model_version", 1),
+    ("log_batch", 7),  # the tag saying everything is logged
+    ("set_terminated", 1),  # FINISHED
+    ("summary", 1),  # after the run ended
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store for the tests below (each uses its own experiment and model name)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # creates its tables once
+    return uri
+
+
+@pytest.mark.parametrize(("name", "occurrence"), KILL_POINTS)
+def test_a_search_killed_anywhere_is_one_run_with_one_model_and_version(
+    tmp_path: Path, monkeypatch, finished, store: str, name: str, occurrence: int
+) -> None:
+    monkeypatch.setattr(search, "run_search", _fake_search(finished))
+    out, model = tmp_path / "run", f"killed-{name}-{occurrence}"
+    with killed_at(monkeypatch, name, occurrence), pytest.raises(Killed):
+        main(_search_command(store, out, model))
+    assert main(_search_command(store, out, model)) == 0  # run again
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name(model).experiment_id
+    [run] = client.search_runs([experiment])
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED" and run.data.tags["automl_hiap.logged"] == "true"
+    assert json.loads((out / "mlflow_run.json").read_text())["run_id"] == run_id
+    assert len(client.get_metric_history(run_id, "top1")) == 1
+    models = client.search_logged_models([experiment], f"source_run_id = '{run_id}'")
+    assert sum(m.status == "READY" for m in models) == 1
+    [version] = client.search_model_versions(f"name = '{model}'")
+    assert version.run_id == run_id
+    assert client.get_model_version_by_alias(model, "champion").version == version.version
+
+
+def test_a_finished_search_run_again_is_recognized_unless_its_params_changed(
+    tmp_path: Path, monkeypatch, finished, store: str, capsys
+) -> None:
+    monkeypatch.setattr(search, "run_search", _fake_search(finished))
+    uri = store
+    out = tmp_path / "run"
+    assert main(_search_command(uri, out, "again")) == 0
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("again").experiment_id
+    [first] = client.search_runs([experiment])
+    capsys.readouterr()
+    assert main(_search_command(uri, out, "again")) == 0
+    assert f"MLflow run {first.info.run_id} at {uri} (logged in full" in capsys.readouterr().out
+    [same] = client.search_runs([experiment])
+    assert same.info.end_time == first.info.end_time and same.data.metrics == first.data.metrics
+    assert main(_search_command(uri, out, "again", "--set", "train.seed=1")) == 0
+    assert len(client.search_runs([experiment])) == 2  # another search in the same folder
+
+
 # ------------------------------------------------------------------ servers
 def test_a_down_server_stops_the_search_before_any_compute(tmp_path, monkeypatch, capsys) -> None:
     def no_compute(*args, **kwargs):
@@ -317,6 +472,44 @@ def test_a_down_server_stops_the_search_before_any_compute(tmp_path, monkeypatch
     assert err.count("\n") == 1 and f"tracking server {dead} is unreachable" in err, err
     assert "offline_fallback" in err and not (tmp_path / "run").exists()
     assert time.monotonic() - started < 60
+
+
+def _tune(out: Path, *args: str) -> list[str]:
+    return ["tune", "--space", "test_vit.yaml", "--out", str(out), "--set", LR_RANGE, *args]
+
+
+@pytest.mark.parametrize("server", ["unreachable", "mute"])
+@pytest.mark.parametrize("command", ["search", "tune"])
+def test_a_silent_server_stops_search_and_tune_in_one_line(
+    tmp_path: Path, monkeypatch, capsys, mute_server: str, server: str, command: str
+) -> None:
+    import automl_hiap.tune
+
+    monkeypatch.setattr(search, "run_search", _no_compute)
+    monkeypatch.setattr(automl_hiap.tune, "run_tune", _no_compute)
+    uri = UNREACHABLE if server == "unreachable" else mute_server
+    started = time.monotonic()
+    args = (_search if command == "search" else _tune)(tmp_path / "out", "--tracking-uri", uri)
+    assert main(args) == 2
+    assert time.monotonic() - started <= 15
+    _one_line_error(capsys, f"tracking server {uri} is unreachable")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_read_only_sqlite_store_stops_the_search_in_one_line(
+    tmp_path: Path, monkeypatch, capsys, store: str
+) -> None:
+    monkeypatch.setattr(search, "run_search", _no_compute)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    existing = Path(store.removeprefix("sqlite:///"))
+    for database, made_read_only in ((locked / "mlflow.db", locked), (existing, existing)):
+        with read_only(made_read_only):
+            started = time.monotonic()
+            assert main(_search(tmp_path / "out", "--tracking-uri", f"sqlite:///{database}")) == 2
+            assert time.monotonic() - started <= 15
+        _one_line_error(capsys, f"sqlite:///{database}: cannot write {made_read_only}")
+        assert not (tmp_path / "out").exists()
 
 
 def test_with_the_fallback_allowed_a_down_server_logs_locally(tmp_path: Path, capsys) -> None:

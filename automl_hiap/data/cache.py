@@ -10,12 +10,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
+from automl_hiap.atomic import WriteError, atomic_path
 from automl_hiap.data.datasets import ImageTensors
 
 log = logging.getLogger(__name__)
@@ -62,16 +62,8 @@ def cached(kind: str, sources: Sequence[Path], build: Callable[[], ImageTensors]
         "class_names": list(tensors.class_names),
     }
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{kind}-", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(blob, fh)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; it holds public data
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
+        with atomic_path(path) as temporary:
+            torch.save(blob, temporary)
+    except WriteError as exc:
         log.warning("data: cannot write cache %s (%s); decoding again next time", path, exc)
     return tensors

@@ -8,12 +8,12 @@ MLflow is imported only once a source turns out not to be local, so ``automl_hia
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from automl_hiap.atomic import check_folder, copy_file
 from automl_hiap.errors import UserError
 from automl_hiap.model_files import (
     ARCH_FILE,
@@ -23,29 +23,22 @@ from automl_hiap.model_files import (
     load_safetensors,
     save,
 )
-
-URI_PREFIXES = ("models:/", "runs:/")
+from automl_hiap.tracking.reach import TrackingError, check_server, is_uri
 
 
 def pull(source: str | Path, out: str | Path, tracking_uri: str | None = None) -> Path:
     """Write ``arch.json`` + ``model.safetensors`` of ``source`` to ``out`` (checked by
     rebuilding the model first); return ``out``."""
     out = Path(out)
+    check_folder(out, "--out")  # before a download
     with fetched(source, tracking_uri) as path:
         if path.is_file():
             return save(load_safetensors(path), out)
         folder = find_export(path)
         load_folder(folder)  # refuse to hand out files that do not rebuild a model
-        out.mkdir(parents=True, exist_ok=True)
         for name in (ARCH_FILE, WEIGHTS_FILE):
-            shutil.copyfile(folder / name, out / name)
+            copy_file(folder / name, out / name)
     return out
-
-
-def is_uri(source: str | Path) -> bool:
-    """Whether ``source`` names something for MLflow to download rather than a local path."""
-    text = str(source)
-    return text.startswith(URI_PREFIXES) or "://" in text
 
 
 @contextmanager
@@ -65,11 +58,16 @@ def fetched(source: str | Path, tracking_uri: str | None = None) -> Iterator[Pat
 
     from automl_hiap.tracking.store import first_line, use_store
 
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    try:
+        check_server(uri)  # MLflow's own client retries a silent server for minutes
+    except TrackingError as exc:
+        raise UserError(f"{source}: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="automl_hiap-pull-") as scratch:
         try:
             # MLflow 3.17 resolves models:/ names with the process-wide URI whatever
             # download_artifacts is given, so point it at the store for this call only
-            with use_store(tracking_uri or mlflow.get_tracking_uri()):
+            with use_store(uri):
                 local = mlflow.artifacts.download_artifacts(
                     artifact_uri=str(source), dst_path=scratch
                 )

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from automl_hiap.budget import Budget
 from automl_hiap.config import SearchConfig
 from automl_hiap.subnet import Subnet
+from automl_hiap.tracking.pyfunc import MODEL_NAME
 from automl_hiap.tracking.pyfunc import log_model as log_pyfunc_model
 from automl_hiap.tracking.registry import register_version
 from automl_hiap.tracking.store import store_errors
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from automl_hiap.trainer import EpochEnd
 
 TAG = "automl_hiap."  # prefix of this package's run tags
+LOGGED = f"{TAG}logged"  # "true" once a search's results, model and version are all logged
+MODEL_URI = f"{TAG}model_uri"
 
 
 class TrackerLike(Protocol):
@@ -58,6 +61,8 @@ class Run:
         self.id = run_id
         self.config: SearchConfig | None = None  # set by log_config; gives candidates' MACs
         self._space: SearchSpace | None = None
+        self.done = False  # an earlier attempt logged everything: log nothing again
+        self.configured = False  # params and config.yaml are logged
 
     @property
     def client(self) -> MlflowClient:
@@ -106,6 +111,8 @@ class Run:
     # ---------------------------------------------------------------- epochs
     def __call__(self, event: EpochEnd) -> None:
         """Epoch listener: ``<phase>/<metric>`` at step = epoch, and the candidate subnet."""
+        if self.done:
+            return
         metrics = dict(event.metrics)
         if event.candidate is not None:
             metrics.update(self._candidate_metrics(event.candidate))
@@ -148,7 +155,15 @@ class Run:
     ) -> ModelVersion | None:
         """Final metrics, artifacts and the exported model (its URI in tag
         ``automl_hiap.model_uri``, for registering it later); register it if ``register`` and
-        the tracker has a registered-model name. Returns the registered version (or None)."""
+        the tracker has a registered-model name. Returns the registered version (or None).
+
+        Each step is skipped when an earlier, killed attempt did it, so a resumed search logs
+        one set of results, one model and one version; tag :data:`LOGGED` closes the set.
+        """
+        if self.done:
+            return None
+        with self._errors("reading the run"):
+            logged = self.client.get_run(self.id).data
         m = report.metrics
         final = {
             "top1": m.pruned.top1,
@@ -161,26 +176,60 @@ class Run:
             "dense_images_per_s": m.dense.images_per_s,
             "macs_ratio": m.macs_ratio,
             "speedup": m.speedup,
+            **_measured_spread(m),
         }
         final.update({f"strategy/{k}": v for k, v in m.strategy_metrics.items()})
-        self.log_metrics(final)
+        if "top1" not in logged.metrics:
+            self.log_metrics(final)
         self.set_tags({f"{TAG}strategy": m.strategy, f"{TAG}base_model": config.model.name})
         for name in ("subnet.json", "metrics.json", "structure.png"):
             if (report.out / name).is_file():
                 self.log_artifact(report.out / name)
-        model_uri = self.log_model(report.out / "model")
-        self.set_tags({f"{TAG}model_uri": model_uri})
+        model_uri = logged.tags.get(MODEL_URI) or self._logged_model()
+        if model_uri is None:
+            model_uri = self.log_model(report.out / "model")
+        self.set_tags({MODEL_URI: model_uri})
         registered = self.tracker.register_name
-        if not register or registered is None:
-            return None
-        return register_version(
-            self.client, self.tracker.uri, model_uri, report, config, registered, run_id=self.id
-        )
+        version = None
+        if register and registered is not None:
+            version = register_version(
+                self.client, self.tracker.uri, model_uri, report, config, registered, self.id
+            )
+        self.set_tags({LOGGED: "true"})
+        return version
+
+    def _logged_model(self) -> str | None:
+        """The URI of this run's fully logged model, if an earlier attempt logged one."""
+        with self._errors("looking up the logged model"):
+            found = self.client.search_logged_models(
+                [self.tracker.experiment_id], f"source_run_id = '{self.id}'"
+            )
+        ready = [m for m in found if m.name == MODEL_NAME and str(m.status) == "READY"]
+        return f"models:/{ready[0].model_id}" if ready else None
 
     def log_model(self, folder: str | Path) -> str:
         """Log an export folder as an MLflow pyfunc model of this run; return its URI."""
         tracker = self.tracker
         return log_pyfunc_model(tracker.client, tracker.uri, tracker.experiment_id, self.id, folder)
+
+
+def _measured_spread(m: Any) -> dict[str, float]:
+    """The interquartile ranges and the machine load of the speed measurement (and, for a
+    latency budget, predicted vs measured latency): a speed-up is never logged without them."""
+    out: dict[str, float] = {}
+    if m.speedup_iqr is not None:
+        out["speedup_iqr_low"], out["speedup_iqr_high"] = m.speedup_iqr
+    if m.load_average is not None:
+        out["measure_load_average"] = m.load_average
+    latency = m.latency or {}
+    for key in ("target_ms", "predicted_ms", "measured_ms"):
+        if latency.get(key) is not None:
+            out[f"latency_{key}"] = latency[key]
+    if latency.get("measured_iqr_ms") is not None:
+        out["latency_measured_iqr_low_ms"], out["latency_measured_iqr_high_ms"] = latency[
+            "measured_iqr_ms"
+        ]
+    return out
 
 
 def resolved_params(

@@ -1,66 +1,31 @@
-"""Where runs go: resolving the tracking URI, opening the store, and its errors.
+"""Where runs go: opening the store, and its errors as one line.
 
 The store is opened when a tracker is built, before any compute, so a wrong URI or a server
-that is down stops a command at once rather than after the search. An HTTP server is probed
-first with a short timeout, as MLflow's own client keeps retrying one that does not answer.
+that is down stops a command at once rather than after the search; the checks that need no
+MLflow (resolving the URI, probing a server, a writable SQLite file) live in
+:mod:`~automl_hiap.tracking.reach` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from automl_hiap.errors import UserError
-
-DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default store
-PROBE_TIMEOUT_S = 5.0
-
-
-class TrackingError(UserError):
-    """The tracking store cannot be reached or refused a request."""
-
-
-def resolve_uri(configured: str | None = None, flag: str | None = None) -> str:
-    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the YAML's ``tracking.uri``,
-    else MLflow's default local SQLite file."""
-    return flag or os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception as one line: store errors carry multi-line server responses."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a local SQLite store (None for other stores)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri.removeprefix("sqlite:///").split("?")[0]
-    return Path(path) if path and path != ":memory:" else None
-
-
-def probe(uri: str) -> str | None:
-    """Why a tracking server cannot be reached (None: it answered, whatever the answer)."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S):
-            return None
-    except urllib.error.HTTPError:
-        return None  # it answered
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return first_line(reason) if isinstance(reason, BaseException) else str(reason)
+from automl_hiap.tracking.reach import (  # noqa: F401 (DEFAULT_URI, probe, resolve_uri: re-exported)
+    DEFAULT_URI,
+    TrackingError,
+    check_store,
+    first_line,
+    probe,
+    resolve_uri,
+    sqlite_file,
+)
 
 
 def open_experiment(uri: str, experiment: str) -> tuple[MlflowClient, str]:
@@ -70,16 +35,10 @@ def open_experiment(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     (``<db folder>/mlruns``) rather than in ``./mlruns`` of whatever folder the command runs in,
     so one store is one folder.
     """
-    reason = probe(uri)
-    if reason is not None:
-        raise TrackingError(f"tracking server {uri} is unreachable ({reason})")
+    check_store(uri)  # MLflow would retry a silent server, or a read-only file, for minutes
     database = sqlite_file(uri)
     location = None
     if database is not None:
-        try:
-            database.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise TrackingError(f"tracking.uri {uri}: {first_line(exc)}") from None
         location = (database.parent.resolve() / "mlruns").as_uri()
     try:
         client = MlflowClient(uri)

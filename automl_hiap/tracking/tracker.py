@@ -6,15 +6,21 @@ per study (:meth:`Tracker.study_run`) and a nested child run per trial
 study's trials are found under it in the MLflow UI.
 
 A search run again in the same output folder (after a crash or kill) continues its MLflow run,
-whose id is kept in ``OUT/mlflow_run.json``, so one search is one run. Only rank 0 of a
+so one search is one run wherever it was killed. ``OUT/mlflow_run.json`` names the run; it is
+written with a fresh key before the run is created and the run carries that key as a tag, so a
+kill between the two still finds it. A run that logged everything (tag ``automl_hiap.logged``)
+is handed back as done and nothing is logged again; one with other resolved params (tag
+``automl_hiap.params_digest``) is another search, which gets a new run. Only rank 0 of a
 ``torchrun`` job tracks, or each rank would log the same search.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,11 +31,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from automl_hiap.atomic import write_json
 from automl_hiap.budget import Budget
 from automl_hiap.config import SearchConfig, TrackingConfig
 from automl_hiap.errors import UserError
+from automl_hiap.tracking.reach import NOT_RUN
 from automl_hiap.tracking.registry import register_version
-from automl_hiap.tracking.run import TAG, Run, resolved_params
+from automl_hiap.tracking.run import LOGGED, TAG, Run, resolved_params
 from automl_hiap.tracking.store import (
     DEFAULT_URI,
     TrackingError,
@@ -44,6 +52,9 @@ if TYPE_CHECKING:
     from automl_hiap.outcome import SearchReport
 
 RUN_FILE = "mlflow_run.json"  # in a search's output folder: the run a resumed search continues
+SEARCH_KEY = f"{TAG}search_key"  # the key in RUN_FILE, set on the run when it is created
+PARAMS_DIGEST = f"{TAG}params_digest"  # what tells another search in the same folder apart
+CONFIGURED = f"{TAG}configured"  # params and config.yaml are logged
 
 
 def open_tracker(
@@ -111,10 +122,7 @@ class Tracker:
             self.uri = uri
         except TrackingError as exc:
             if fallback_dir is None:
-                raise TrackingError(
-                    f"{exc}; nothing was run (fix the URI, start the server, or set "
-                    "tracking.offline_fallback: true to log to a local store instead)"
-                ) from None
+                raise TrackingError(f"{exc}; {NOT_RUN}") from None
             folder = Path(fallback_dir).resolve()
             local = f"sqlite:///{folder / 'mlflow.db'}"
             print(
@@ -129,8 +137,14 @@ class Tracker:
         load to the store actually in use (no fallback there: this one already chose)."""
         return (_reconnect, (self.uri, self.experiment, self.register_name, self.intended_uri))
 
-    def _create(self, name: str, kind: str, parent: str | None = None) -> Run:
-        tags = {MLFLOW_RUN_NAME: name, f"{TAG}kind": kind}
+    def _create(
+        self,
+        name: str,
+        kind: str,
+        parent: str | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> Run:
+        tags = {MLFLOW_RUN_NAME: name, f"{TAG}kind": kind, **(extra or {})}
         if parent is not None:
             tags[MLFLOW_PARENT_RUN_ID] = parent
         if self.uri != self.intended_uri:
@@ -167,34 +181,70 @@ class Tracker:
         strategy_name: str | None = None,
         budget: Budget | None = None,
     ) -> Iterator[Run]:
-        """One search's run; continues the unfinished run of an earlier attempt in ``out``."""
+        """One search's run, one per output folder: continues the run of an earlier attempt in
+        ``out``; if that one logged everything, it comes back with ``done`` set and logs
+        nothing."""
         params = resolved_params(config, strategy_name, budget)
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
         marker = Path(out) / RUN_FILE
-        run = self._resumable(marker)
-        if run is None:
-            run = self._create(Path(out).resolve().name, "search")
-            run.log_config(config, params)
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({"tracking_uri": self.uri, "run_id": run.id}))
-        else:
+        run = self._earlier_search(marker, digest)
+        if run is not None and run.done:
             run.config = config
+            yield run
+            return
+        if run is None:
+            key = secrets.token_hex(8)
+            write_json(marker, {"tracking_uri": self.uri, "key": key})
+            tags = {SEARCH_KEY: key, PARAMS_DIGEST: digest}
+            run = self._create(Path(out).resolve().name, "search", extra=tags)
+        else:
             with store_errors(self.uri, "resuming the run"):
                 self.client.update_run(run.id, status="RUNNING")
+        write_json(marker, {"tracking_uri": self.uri, "run_id": run.id})
         with self._running(run):
+            if run.configured:
+                run.config = config
+            else:
+                run.log_config(config, params)
+                run.set_tags({CONFIGURED: "true"})
             yield run
 
-    def _resumable(self, marker: Path) -> Run | None:
+    def _earlier_search(self, marker: Path, digest: str) -> Run | None:
+        """The run named by ``marker`` if it is this search's (None: start a new one)."""
         try:
             saved = json.loads(marker.read_text())
             if saved["tracking_uri"] != self.uri:
                 return None
-            info = self.client.get_run(saved["run_id"]).info
+            run_id = saved.get("run_id") or self._run_with_key(str(saved["key"]))
+            if run_id is None:
+                return None
+            found = self.client.get_run(run_id)
         except (OSError, ValueError, KeyError, TypeError, MlflowException):
             return None
-        fresh = info.status == "FINISHED" or info.lifecycle_stage != "active"
-        if fresh or info.experiment_id != self.experiment_id:
+        info, tags = found.info, found.data.tags
+        if info.lifecycle_stage != "active" or info.experiment_id != self.experiment_id:
             return None
-        return Run(self, info.run_id)
+        if tags.get(PARAMS_DIGEST, digest) != digest:
+            return None  # another search in the same folder
+        done = tags.get(LOGGED) == "true"
+        if info.status == "FINISHED" and not done:
+            return None  # finished without a search's results (an older version's run)
+        if done and info.status != "FINISHED":  # killed between the last log and the end
+            with store_errors(self.uri, "ending the run"):
+                self.client.set_terminated(info.run_id, "FINISHED")
+        run = Run(self, info.run_id)
+        run.done, run.configured = done, CONFIGURED in tags
+        return run
+
+    def _run_with_key(self, key: str) -> str | None:
+        """The run created for ``key`` (a kill can come before its id reaches the marker)."""
+        if not key.isalnum():
+            return None
+        with store_errors(self.uri, "looking up the search run"):
+            found = self.client.search_runs(
+                [self.experiment_id], f"tags.`{SEARCH_KEY}` = '{key}'", max_results=1
+            )
+        return found[0].info.run_id if found else None
 
     # ---------------------------------------------------------------- a study
     @contextmanager

@@ -11,7 +11,9 @@ Modules, in the order a command meets them:
 
 * :mod:`~automl_hiap.tune.run`: :func:`run_tune`, the entry point.
 * :mod:`~automl_hiap.tune.params`: the tuned ranges, checked against the strategy's Params.
+* :mod:`~automl_hiap.tune.integrity`: a damaged or emptied study file refused before opening.
 * :mod:`~automl_hiap.tune.storage`: the study's storage; lost trials found and retried.
+* :mod:`~automl_hiap.tune.dense`: a space without weights trains its dense model once per study.
 * :mod:`~automl_hiap.tune.study`: the shared plan, tracker seams, the study, sampler, pruner.
 * :mod:`~automl_hiap.tune.workers`: the processes that run trials.
 * :mod:`~automl_hiap.tune.objective`: one trial, and its result record.

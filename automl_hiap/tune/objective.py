@@ -11,6 +11,9 @@
 * A pruned trial counts as feasible unless the strategy reported a candidate subnet: it was
   stopped for its accuracy, and calling it infeasible would steer the sampler for a reason it
   never observed.
+* A trial starts from the same state whatever its worker ran before: every RNG is seeded from
+  ``train.seed`` (:func:`fresh_rngs`) and the dense scores a worker caches are computed without
+  touching the RNGs (``run_search``), so a trial's result depends on its params alone.
 * A trial that raises (an exception, a NaN loss) is recorded as failed with the reason (user
   attr ``fail_reason``, :func:`failure_reason`) and the study goes on.
 * Under ``torchrun`` only rank 0 talks to Optuna: it samples, broadcasts the params to the other
@@ -23,11 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 from typing import Any
 
+import numpy as np
 import optuna
+import torch
 import torch.distributed as dist
 
 from automl_hiap.cost import subnet_cost
@@ -47,6 +53,13 @@ def broadcast(payload: Any) -> Any:
     box = [payload]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def fresh_rngs(seed: int) -> None:
+    """Seed every RNG (torch on all devices, numpy, Python) as a fresh process would be."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 class EpochReporter:
@@ -104,6 +117,7 @@ class Objective:
                 if not plan.tune.pareto and not is_distributed():
                     reporter = EpochReporter(trial, plan.space)
                     listeners.append(reporter)
+                fresh_rngs(config.train.seed)  # whatever this worker (or a tracker) ran before
                 report = run_search(
                     config,
                     folder,
@@ -165,6 +179,7 @@ def follow(plan: StudyPlan) -> None:
     dense_scores: dict[str, Scores] = {}
     while (payload := broadcast(None)) is not None:
         folder, params = payload
+        fresh_rngs(plan.config.train.seed)
         with contextlib.suppress(Exception):  # rank 0 records the failure
             run_search(
                 with_params(plan.config, params),

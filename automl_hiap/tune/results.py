@@ -11,7 +11,6 @@ accurate member; when none is within it, the cheapest).
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 import socket
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from automl_hiap.atomic import atomic_path, write_json
 from automl_hiap.budget import format_macs
 
 EXPORT_FILES = ("subnet.json", "metrics.json", "structure.png")
@@ -133,7 +133,8 @@ def pareto_plot(report: TuneReport, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig = pareto_figure(report)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -317,7 +318,7 @@ def write_results(report: TuneReport) -> None:
     out = report.out
     out.mkdir(parents=True, exist_ok=True)
     rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in report.rows]
-    with open(out / "trials.csv", "w", newline="") as handle:
+    with atomic_path(out / "trials.csv") as temporary, open(temporary, "w", newline="") as handle:
         columns = ["trial", "state", *report.params, "val_top1", "test_top1", "macs"]
         columns += ["macs_ratio", "target_error", "feasible", "params_count", "speedup"]
         columns += ["seconds", "reason", "retry_of", "retried_as", "out"]
@@ -342,7 +343,7 @@ def write_results(report: TuneReport) -> None:
         "notes": report.notes,
         "trials": rows,
     }
-    (out / "tune.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "tune.json", summary, indent=1)
     pareto_plot(report, out / "pareto.png")
 
 

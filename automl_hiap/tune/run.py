@@ -3,12 +3,15 @@
 Settings are checked before any compute (the tuned ranges, the pruner against the mode, the
 storage against ``--workers``). The model, space and MACs target come from
 :func:`automl_hiap.plan.resolve`, like a plain search's. A command started again resumes the
-study: lost trials are retried first (:func:`~automl_hiap.tune.storage.sweep`), then the study
-is filled up to ``tune.trials``; the results are written even when a worker stopped early.
+study: its file is checked first (:mod:`~automl_hiap.tune.integrity`), lost trials are retried
+(:func:`~automl_hiap.tune.storage.sweep`), then the study is filled up to ``tune.trials``; the
+results are written even when a worker stopped early. A space without weights trains its dense
+model once per study, before any trial (:mod:`~automl_hiap.tune.dense`).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ from automl_hiap.config import SearchConfig, TuneConfig
 from automl_hiap.distributed import init_distributed, is_distributed, is_main_process
 from automl_hiap.errors import ConfigError, UserError
 from automl_hiap.plan import effective_config, resolve
+from automl_hiap.tune.dense import dense_folder, study_dense
+from automl_hiap.tune.integrity import check_study_file
 from automl_hiap.tune.objective import broadcast
 from automl_hiap.tune.params import check_params
 from automl_hiap.tune.results import (
@@ -79,7 +84,7 @@ def run_tune(
     check_params(strategy_cls, settings, dict(strategy.params), source)
     if not settings.pareto and config.budget is None:
         raise UserError(
-            "budget: the budget mode of tune needs a budget (--budget 0.5), or use --pareto"
+            f"{head}budget: the budget mode of tune needs a budget (--budget 0.5), or use --pareto"
         )
 
     run = resolve(config, check_budget=False)
@@ -106,15 +111,14 @@ def run_tune(
         hooks=hooks or TuneHooks(),
         progress=progress and settings.workers == 1,
     )
-    if not is_main_process():
+    dense_at = dense_folder(plan.config, out)
+    opened = _open(plan) if is_main_process() else None  # before any compute
+    if dense_at is not None:  # every rank: the dense model all trials start from, trained once
+        plan = replace(plan, config=study_dense(plan.config, run.model, dense_at, progress))
+    if opened is None:
         work(plan, None, 0)
         return None
-
-    storage = open_storage(storage_spec)
-    study = open_study(plan, storage)
-    notes = sweep(study, storage)
-    for note in notes:
-        print(note, flush=True)
+    study, notes = opened
     with plan.hooks.study(study, plan.config):
         remaining = settings.trials - taken(study.get_trials(deepcopy=False))
         problem = None
@@ -134,6 +138,17 @@ def run_tune(
         if problem is not None:
             raise UserError(problem)
     return report
+
+
+def _open(plan: StudyPlan) -> tuple[optuna.Study, list[str]]:
+    """The checked study file opened, the study loaded or made, lost trials queued again."""
+    notes = check_study_file(plan.storage, plan.out)  # a damaged study stops here, untouched
+    storage = open_storage(plan.storage)
+    study = open_study(plan, storage)
+    notes += sweep(study, storage)
+    for note in notes:
+        print(note, flush=True)
+    return study, notes
 
 
 def _report(plan: StudyPlan, study: optuna.Study, notes: list[str]) -> TuneReport:

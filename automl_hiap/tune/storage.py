@@ -2,7 +2,8 @@
 
 * Storage: a SQLite file in ``OUT`` by default, a journal file (``.journal``) for ``--workers``
   > 1 (SQLite locks under concurrent writers), or any SQLAlchemy URL (PostgreSQL, MySQL) for
-  workers on several machines.
+  workers on several machines. A study file is checked before it is opened (damage stops the
+  command; :mod:`~automl_hiap.tune.integrity`).
 * Dead workers: every trial records its worker (``host:pid``). A command started again (a
   resume) fails each running trial whose worker on this machine is gone, with the reason, and
   queues it again with the same params and the same folder, so the retry resumes from the
@@ -27,10 +28,10 @@ from pathlib import Path
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from automl_hiap.errors import UserError
+from automl_hiap.tune.integrity import SealedJournal, seal_path
 
 HEARTBEAT_S, GRACE_S = 60, 180
 UNCLAIMED_S = 120  # a live worker names itself on a trial within milliseconds of starting it
@@ -44,9 +45,10 @@ def display_storage(spec: str) -> str:
 def default_storage(out: Path, workers: int) -> str:
     """The study file in ``out``: an existing one, else SQLite (journal for several workers)."""
     journal, sqlite = out / "study.journal", out / "study.db"
-    for existing in (journal, sqlite):
-        if existing.exists():
-            return str(existing)
+    if journal.exists() or seal_path(journal).exists():  # a sealed journal gone missing is damage
+        return str(journal)
+    if sqlite.exists():
+        return str(sqlite)
     return str(journal if workers > 1 else sqlite)
 
 
@@ -56,12 +58,12 @@ def is_sqlite(spec: str) -> bool:
 
 def open_storage(spec: str) -> BaseStorage:
     """A database URL (RDBStorage, with heartbeats unless SQLite), a ``.db`` SQLite file, or a
-    ``.journal`` file shared by local processes."""
+    ``.journal`` file shared by local processes (sealed: :mod:`~automl_hiap.tune.integrity`)."""
     if "://" not in spec:
         path = Path(spec)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix in (".journal", ".log"):
-            return JournalStorage(JournalFileBackend(str(path)))
+            return JournalStorage(SealedJournal(path))
         if not is_sqlite(spec):
             raise UserError(
                 f"--storage {spec}: expected a database URL (sqlite:///study.db, "
