@@ -21,8 +21,17 @@ subnet and top-1 must equal the composed variant's). Speed-ups: every distinct s
 0) against the dense model, batch 64, side by side in one interleaved run
 (``automl_hiap.measure.throughput``).
 
+``--sections equal-time`` (the issue's "trained strategies at equal wall time") gives each
+trained path, per budget, the wall time ``posttrain``'s defaults took end to end in the same
+run: ``magnitude`` with ``--magnitude``'s criterion, and Torch-Pruning global Taylor, each
+fine-tuned with the space's training recipe (KD from the dense model) for the steps that fit
+in what their pruning left; HiAP for the steps that fit in all of it. Seconds per step are
+timed first on the path's first model and converted to steps, so the rows state both. Each
+section replaces its own part of the results file and keeps the others.
+
     python bench/posttrain.py                      # writes bench/results/posttrain.{md,json}
     python bench/posttrain.py --seeds 0 --test-images 500 --calibration-images 500  # quicker
+    python bench/posttrain.py --sections equal-time  # the equal-time rows only
 """
 
 from __future__ import annotations
@@ -30,12 +39,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +66,14 @@ from automl_hiap.plan import resolve
 from automl_hiap.selection import select_to_budget
 from automl_hiap.slicing import slice_subnet
 from automl_hiap.strategies import posttrain as pt
-from automl_hiap.strategies.magnitude import MagnitudeStrategy
+from automl_hiap.strategies.hiap import HiAPParams, HiAPStrategy
+from automl_hiap.strategies.magnitude import MagnitudeParams, MagnitudeStrategy
 from automl_hiap.strategy import SearchContext
 from automl_hiap.trainer import Trainer
+
+SECTIONS = ("zero-shot", "equal-time")
+# the best one-shot criterion of bench/results/selection.md, with its chosen variant
+MAGNITUDE_PARAMS = {"criterion": "taylor", "normalize": "none", "tradeoff": "per_mac"}
 
 
 @torch.no_grad()
@@ -105,6 +123,22 @@ def variant_name(labels: bool, rearrange: bool, reconstruct: str) -> str:
     return "posttrain (" + ", ".join(parts) + ")"
 
 
+@dataclass
+class Setting:
+    """What every section shares: the dense reference, its space, the data and the test subset."""
+
+    config: Any
+    model: nn.Module
+    space: Any
+    spec: Any
+    data: Any
+    test: Subset[Any]
+    trainer: Trainer  # the whole training split: the methods' calibration data
+    dense_top1: float
+    dense_macs: float
+    size: int
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="vit_tiny6_cifar10.yaml")
@@ -113,24 +147,80 @@ def main() -> None:
     parser.add_argument("--calibration-images", type=int, default=2000)
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=["zero-shot"],
+        help="what to run; the results file keeps the sections not run",
+    )
+    parser.add_argument(
+        "--magnitude",
+        default=json.dumps(MAGNITUDE_PARAMS),
+        help="JSON: magnitude's params on the equal-time rows (bench/results/selection.md's best)",
+    )
+    parser.add_argument("--probe-steps", type=int, default=3, help="steps timed per method")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     malloc_tuned = tune_malloc()  # as bench/export_speed.py: no page-faulting per forward
-    load_before = os.getloadavg()
 
     config = load_config(args.space, args.overrides)
     plan = resolve(config, check_budget=False)
-    model, space, spec = plan.model.eval(), plan.space, plan.spec
     data = build_datasets(config.data, seed=config.train.seed)
-    test = test_subset(data.test, args.test_images)
-    trainer = Trainer(config.train, data.train, device="cpu")
-    dense_macs = dense_cost(space).macs
-    size = config.data.image_size
-    dense_top1 = top1(model, test)
-    print(f"dense: {dense_top1:.2%} on {len(test)} test images, {dense_macs / 1e6:.1f} M MACs")
+    setting = Setting(
+        config=config,
+        model=plan.model.eval(),
+        space=plan.space,
+        spec=plan.spec,
+        data=data,
+        test=test_subset(data.test, args.test_images),
+        trainer=Trainer(config.train, data.train, device="cpu"),
+        dense_top1=0.0,
+        dense_macs=dense_cost(plan.space).macs,
+        size=config.data.image_size,
+    )
+    setting.dense_top1 = top1(setting.model, setting.test)
+    print(
+        f"dense: {setting.dense_top1:.2%} on {len(setting.test)} test images, "
+        f"{setting.dense_macs / 1e6:.1f} M MACs"
+    )
+    path = args.out / "posttrain.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    machine = {
+        "threads": torch.get_num_threads(),
+        "malloc_tuned": malloc_tuned,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "commit": _commit(),
+    }
+    if "zero-shot" in args.sections:
+        results.update(zero_shot(setting, args, machine))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if "equal-time" in args.sections:
+        for section in equal_time(setting, args, machine, results.get("equal_time", {})):
+            results["equal_time"] = section
+            write(args.out, results)
+    print(write(args.out, results))
 
+
+def write(out: Path, results: dict[str, Any]) -> str:
+    """posttrain.{json,md} from ``results`` (either section may be missing); the markdown."""
+    text = markdown(results["rows"], results["setup"]) if "rows" in results else ""
+    if "equal_time" in results:
+        section = results["equal_time"]
+        text += ("\n" if text else "") + equal_time_markdown(section["rows"], section["setup"])
+    (out / "posttrain.md").write_text(text)
+    (out / "posttrain.json").write_text(json.dumps(results, indent=1))
+    return text
+
+
+def zero_shot(s: Setting, args: argparse.Namespace, machine: dict[str, Any]) -> dict[str, Any]:
+    """Every method in one shot, no training: the rows, their runs and the setup."""
+    load_before = os.getloadavg()
+    model, space, spec, data, trainer = s.model, s.space, s.spec, s.data, s.trainer
+    dense_macs, size = s.dense_macs, s.size
     runs: list[dict[str, Any]] = []  # one entry per (method, budget, seed)
     speed_models: dict[str, nn.Module] = {"dense": model}
 
@@ -145,7 +235,7 @@ def main() -> None:
         **extra: Any,
     ) -> None:
         """One result; its model joins the speed run once per distinct structure (seed 0)."""
-        accuracy = top1(pruned, test)
+        accuracy = top1(pruned, s.test)
         structure = structure or f"{method} @ {budget:g}"
         runs.append(
             {
@@ -259,7 +349,7 @@ def main() -> None:
             copy.deepcopy(model), spec, space, budget * dense_macs, seed=seed, trainer=trainer
         )
         result, seconds = timed(pt.PostTrainStrategy(defaults).run, context)
-        accuracy = top1(result.model, test)
+        accuracy = top1(result.model, s.test)
         subnet, expected = composed[(budget, seed)]
         same = result.subnet == subnet and abs(accuracy - expected) < 1e-9
         if not same:
@@ -273,30 +363,285 @@ def main() -> None:
         print(f"posttrain end to end @ {budget:g}: {accuracy:.2%} in {seconds:.0f} s", flush=True)
 
     speeds = throughput(speed_models, size, 64, repeats=15, min_seconds=0.5)
-    rows = summarize(runs, speeds, dense_top1, dense_macs, end_to_end, args)
+    rows = summarize(runs, speeds, s.dense_top1, dense_macs, end_to_end, args)
     load_after = os.getloadavg()
     setup = {
         "space": args.space,
-        "dense_top1": dense_top1,
+        "dense_top1": s.dense_top1,
         "dense_macs": dense_macs,
-        "test_images": len(test),
+        "test_images": len(s.test),
         "calibration_images": args.calibration_images,
         "seeds": args.seeds,
         "params": defaults.model_dump(),
-        "threads": torch.get_num_threads(),
-        "malloc_tuned": malloc_tuned,
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
+        **machine,
         "load_average_before_after": [load_before[0], load_after[0]],
-        "commit": _commit(),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = markdown(rows, setup)
-    (args.out / "posttrain.md").write_text(text)
-    (args.out / "posttrain.json").write_text(
-        json.dumps({"setup": setup, "rows": rows, "runs": runs}, indent=1)
+    return {"setup": setup, "rows": rows, "runs": runs}
+
+
+class OverBudget(Exception):
+    """A path's pruning ran past the wall-time budget."""
+
+
+def within(seconds: float, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """``fn(*args)`` and its wall seconds, or (None, ``seconds``) when it runs past
+    ``seconds``: it is stopped then, since at equal wall time a path without a model by the
+    deadline has none (and waiting for it would only lengthen the benchmark)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise OverBudget
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        return timed(fn, *args)
+    except OverBudget:
+        return None, seconds
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def finetune_trainer(s: Setting, steps: int, seed: int) -> Trainer:
+    """A trainer whose one epoch is ``steps`` steps of the space's recipe (its batch, lr,
+    weight decay, warm-up + cosine schedule, KD from the dense model when ``train.distill`` is
+    set) on a seeded subset of the training split: a step budget through the project's loop."""
+    config = s.config.train.model_copy(update={"seed": seed})
+    order = torch.randperm(len(s.data.train), generator=torch.Generator().manual_seed(seed))
+    images = Subset(s.data.train, order[: steps * config.batch_size].tolist())
+    teacher = s.model if config.distill is not None else None
+    return Trainer(config, images, device="cpu", teacher=teacher)
+
+
+def fine_tune(s: Setting, pruned: nn.Module, steps: int, seed: int) -> float:
+    """Train ``pruned`` in place for ``steps`` steps; its wall seconds (0 steps: untouched)."""
+    if steps == 0:
+        return 0.0
+    trainer = finetune_trainer(s, steps, seed)
+    return timed(trainer.fit, pruned, 1, "equal_time_finetune")[1]
+
+
+def hiap_run(s: Setting, budget: float, seed: int, steps: int) -> Any:
+    """HiAP's one stage (gates and weights together, then hardening, repair and slicing) over
+    ``steps`` steps of the same recipe, end to end through ``Strategy.run``."""
+    context = SearchContext(
+        copy.deepcopy(s.model),
+        s.spec,
+        s.space,
+        budget * s.dense_macs,
+        seed=seed,
+        trainer=finetune_trainer(s, steps, seed),
     )
-    print(text)
+    return HiAPStrategy(HiAPParams(epochs=1)).run(context)
+
+
+def equal_time(
+    s: Setting, args: argparse.Namespace, machine: dict[str, Any], previous: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
+    """The equal-time section after each budget (written as it comes: a long run under load
+    keeps what it finished); ``previous``'s runs of the budgets not run here stay."""
+    magnitude = MagnitudeParams.model_validate(json.loads(args.magnitude))
+    defaults = pt.PostTrainParams(calibration_images=args.calibration_images)
+    runs = [r for r in previous.get("runs", []) if r["budget"] not in args.budgets]
+    budgets = dict(previous.get("setup", {}).get("budgets", {}))
+    for budget in args.budgets:
+        load_before = os.getloadavg()
+        mine, probes = equal_time_budget(s, args, budget, magnitude, defaults)
+        runs += mine
+        budgets[f"{budget:g}"] = {
+            "budget_seconds": mine[0]["budget_seconds"],
+            "seconds_per_step": probes,
+            "load_average_before_after": [load_before[0], os.getloadavg()[0]],
+            "commit": machine["commit"],
+        }
+        setup = {
+            "space": args.space,
+            "dense_top1": s.dense_top1,
+            "dense_macs": s.dense_macs,
+            "test_images": len(s.test),
+            "seeds": args.seeds,
+            "posttrain_params": defaults.model_dump(),
+            "magnitude_params": magnitude.model_dump(),
+            "train": s.config.train.model_dump(),
+            "probe_steps": args.probe_steps,
+            **machine,
+            "budgets": budgets,
+        }
+        yield {"setup": setup, "rows": equal_time_rows(runs, s.dense_macs), "runs": runs}
+
+
+def equal_time_budget(
+    s: Setting,
+    args: argparse.Namespace,
+    budget: float,
+    magnitude: MagnitudeParams,
+    defaults: pt.PostTrainParams,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """One budget's runs, and the seconds per step each trained path was converted with.
+
+    ``posttrain`` runs first (every seed, ``Strategy.run``); the mean of its wall times is the
+    budget. A prune-then-fine-tune path spends what its pruning left of it on fine-tuning
+    steps, converted with its first model's time per step (``--probe-steps`` steps timed
+    first, not counted); HiAP spends all of it on its one stage, converted the same way from
+    a run of that many steps.
+    """
+    runs: list[dict[str, Any]] = []
+    probes: dict[str, float] = {}  # method -> seconds per step
+
+    def record(method: str, budget: float, seed: int, pruned: nn.Module, **extra: Any) -> None:
+        accuracy = top1(pruned, s.test)
+        runs.append({"method": method, "budget": budget, "seed": seed, "top1": accuracy, **extra})
+        print(
+            f"{method} @ {budget:g} seed {seed}: {accuracy:.2%} after {extra['steps']} steps, "
+            f"{extra['seconds']:.0f} s",
+            flush=True,
+        )
+
+    target = budget * s.dense_macs
+    spent = []
+    for seed in args.seeds:
+        context = SearchContext(
+            copy.deepcopy(s.model), s.spec, s.space, target, seed=seed, trainer=s.trainer
+        )
+        result, seconds = timed(pt.PostTrainStrategy(defaults).run, context)
+        spent.append(seconds)
+        macs = subnet_cost(s.space, result.subnet).macs
+        record(
+            "posttrain (defaults)",
+            budget,
+            seed,
+            result.model,
+            macs=macs,
+            steps=0,
+            prune_seconds=seconds,
+            finetune_seconds=0.0,
+            seconds=seconds,
+            budget_seconds=None,  # set below: the mean over seeds
+        )
+    allowed = statistics.fmean(spent)
+    for run in runs:
+        run["budget_seconds"] = allowed
+
+    paths: list[tuple[str, Callable[[Setting, float, int], tuple[nn.Module, float]]]] = [
+        (f"magnitude ({magnitude.criterion}) + fine-tune", partial(ours, params=magnitude)),
+        ("Torch-Pruning global Taylor + fine-tune", peer),
+    ]
+    for method, prune in paths:
+        for seed in args.seeds:
+            pruned_macs, prune_seconds = within(allowed, prune, s, target, seed)
+            if pruned_macs is None:  # no model within the budget: nothing to score
+                runs.append(
+                    {
+                        "method": method,
+                        "budget": budget,
+                        "seed": seed,
+                        "top1": None,
+                        "macs": None,
+                        "steps": 0,
+                        "prune_seconds": prune_seconds,
+                        "finetune_seconds": 0.0,
+                        "seconds": prune_seconds,
+                        "budget_seconds": allowed,
+                    }
+                )
+                print(f"{method} @ {budget:g} seed {seed}: over budget", flush=True)
+                continue
+            pruned, macs = pruned_macs
+            key = method
+            if key not in probes:  # the first model's time per step, not counted
+                probe = fine_tune(s, copy.deepcopy(pruned), args.probe_steps, seed)
+                probes[key] = probe / args.probe_steps
+            step = probes[key]
+            before = top1(pruned, s.test)
+            steps = max(0, math.floor((allowed - prune_seconds) / step))
+            finetune_seconds = fine_tune(s, pruned, steps, seed)
+            record(
+                method,
+                budget,
+                seed,
+                pruned,
+                macs=macs,
+                top1_before=before,
+                steps=steps,
+                step_seconds=step,
+                prune_seconds=prune_seconds,
+                finetune_seconds=finetune_seconds,
+                seconds=prune_seconds + finetune_seconds,
+                budget_seconds=allowed,
+            )
+
+    probe = timed(hiap_run, s, budget, args.seeds[0], args.probe_steps)[1]
+    step = probes["hiap"] = probe / args.probe_steps
+    steps = math.floor(allowed / step)
+    for seed in args.seeds:
+        result, seconds = timed(hiap_run, s, budget, seed, steps)
+        record(
+            "hiap (one stage, no fine-tuning)",
+            budget,
+            seed,
+            result.model,
+            macs=subnet_cost(s.space, result.subnet).macs,
+            steps=steps,
+            step_seconds=step,
+            prune_seconds=seconds,
+            finetune_seconds=0.0,
+            seconds=seconds,
+            budget_seconds=allowed,
+            repaired_units=result.metrics.get("repaired_units"),
+        )
+
+    return runs, probes
+
+
+def equal_time_rows(runs: list[dict[str, Any]], dense_macs: float) -> list[dict[str, Any]]:
+    """Mean ± sd per (method, budget) over the seeds that had a model within the budget."""
+    rows = []
+    for budget in sorted({r["budget"] for r in runs}):
+        methods = dict.fromkeys(r["method"] for r in runs if r["budget"] == budget)
+        for method in methods:
+            mine = [r for r in runs if r["method"] == method and r["budget"] == budget]
+            done = [r for r in mine if r["top1"] is not None]  # with a model in the budget
+            mean, sd = mean_sd([r["top1"] for r in done]) if done else (None, None)
+            row = {
+                "method": method,
+                "budget": budget,
+                "top1_mean": mean,
+                "top1_sd": sd,
+                "top1_per_seed": [r["top1"] for r in mine],
+                "seeds": len(done),
+                "runs": len(mine),
+                "macs_ratio": (
+                    statistics.fmean(r["macs"] for r in done) / dense_macs if done else None
+                ),
+                "steps": [r["steps"] for r in mine],
+                "step_seconds": next((r.get("step_seconds") for r in done), None),
+                "prune_seconds": statistics.fmean(r["prune_seconds"] for r in mine),
+                "seconds": statistics.fmean(r["seconds"] for r in mine),
+                "budget_seconds": mine[0]["budget_seconds"],
+            }
+            if done and "top1_before" in done[0]:
+                row["top1_before_mean"] = statistics.fmean(r["top1_before"] for r in done)
+            rows.append(row)
+    return rows
+
+
+def ours(s: Setting, target: float, seed: int, params: MagnitudeParams) -> tuple[nn.Module, float]:
+    """This project's one-shot selection (``magnitude``, end to end): the sliced model, MACs."""
+    context = SearchContext(
+        copy.deepcopy(s.model), s.spec, s.space, target, seed=seed, trainer=s.trainer
+    )
+    result = MagnitudeStrategy(params).run(context)
+    return result.model, subnet_cost(s.space, result.subnet).macs
+
+
+def peer(s: Setting, target: float, seed: int) -> tuple[nn.Module, float]:
+    """Torch-Pruning's global Taylor pruning as in the zero-shot rows: the model, its MACs."""
+    example = torch.randn(1, 3, s.size, s.size)
+    batches = taylor_batches(s.data.train, seed)
+    pruned = prune_with_torch_pruning(
+        s.model, example, target, "taylor", batches, global_pruning=True
+    )
+    return pruned, count_macs(pruned)
 
 
 def summarize(
@@ -371,6 +716,64 @@ def markdown(rows: list[dict[str, Any]], setup: dict[str, Any]) -> str:
         lines.append(
             f"| {r['method']} | {r['budget']:g} | {r['top1_mean']:.2%}{spread} | "
             f"{r['top1_mean'] - dense:+.2%} | {r['macs_ratio']:.1%} | {speed} | {seconds} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def equal_time_markdown(rows: list[dict[str, Any]], setup: dict[str, Any]) -> str:
+    train = setup["train"]
+    distill = train["distill"]
+    kd = (
+        f"KD from the dense model (α {distill['alpha']:g}, T {distill['temperature']:g})"
+        if distill
+        else "no KD"
+    )
+    loads = "; ".join(
+        f"budget {budget}: load average {b['load_average_before_after'][0]:.1f} at the start, "
+        f"{b['load_average_before_after'][1]:.1f} at the end, commit {b['commit']}"
+        for budget, b in setup["budgets"].items()
+    )
+    lines = [
+        "## Equal wall time",
+        "",
+        f"The trained paths with the wall time `posttrain`'s defaults took end to end in the "
+        f"same run (per budget, the mean over seeds {setup['seeds']}; {setup['test_images']} "
+        f"test images as above). Fine-tuning: the Trainer's recipe of the space, batch "
+        f"{train['batch_size']}, AdamW lr {train['lr']:g}, weight decay "
+        f"{train['weight_decay']:g}, label smoothing {train['label_smoothing']:g}, {kd}, cosine "
+        "to zero over the steps that fit: (budget − that seed's pruning time) / the first "
+        f"model's seconds per step ({setup['probe_steps']} steps timed first, not counted); a "
+        "pruning still running at the budget is stopped (no model in the budget). Steps "
+        "that ran slower than their probe (the load changed) overran the budget: the last "
+        "column says by how much. "
+        f"HiAP (defaults, one epoch of that many steps) spends the whole budget on its one "
+        f"stage. magnitude params {setup['magnitude_params']}. Wall time was measured on "
+        f"{setup['threads']} threads of a machine shared with other work, under that load "
+        f"({loads}), so seconds per step and the steps they buy vary with it; "
+        f"{setup['machine']}, torch {setup['torch']}.",
+        "",
+        "| method | budget | top-1 | vs dense | before training | MACs | steps | s / step "
+        "| pruning | wall time (budget) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    dense = setup["dense_top1"]
+    for r in rows:
+        before = f"{r['top1_before_mean']:.2%}" if "top1_before_mean" in r else "—"
+        steps = "/".join(str(n) for n in r["steps"]) if any(r["steps"]) else "0"
+        step = "—" if r["step_seconds"] is None else f"{r['step_seconds']:.2f} s"
+        if r["top1_mean"] is None:
+            score = f"no model in the budget ({r['runs']} of {r['runs']} seeds)"
+            delta = macs = "—"
+        else:
+            spread = f" ± {r['top1_sd']:.2%}" if r["seeds"] > 1 else ""
+            missing = r["runs"] - r["seeds"]
+            spread += f" ({missing} of {r['runs']} seeds over budget)" if missing else ""
+            score, delta = f"{r['top1_mean']:.2%}{spread}", f"{r['top1_mean'] - dense:+.2%}"
+            macs = f"{r['macs_ratio']:.1%}"
+        lines.append(
+            f"| {r['method']} | {r['budget']:g} | {score} | {delta} | {before} | {macs} | "
+            f"{steps} | {step} | {r['prune_seconds']:.0f} s | {r['seconds']:.0f} s "
+            f"({r['budget_seconds']:.0f} s) |"
         )
     return "\n".join(lines) + "\n"
 

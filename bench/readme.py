@@ -517,6 +517,41 @@ def render_selection_table(results: Path) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------- posttrain
+def _equal_time_top1(row: dict[str, Any]) -> str:
+    if row["top1_mean"] is None:
+        return "no model in the budget"
+    shown = (
+        mean_sd(row["top1_mean"], row["top1_sd"], 2) if row["seeds"] > 1 else pct(row["top1_mean"])
+    )
+    missing = row["runs"] - row["seeds"]
+    return shown + (f" ({missing} of {row['runs']} seeds: none in the budget)" if missing else "")
+
+
+def render_posttrain_equal_time(results: Path) -> str:
+    section = load(results, "posttrain.json")["equal_time"]
+    setup = section["setup"]
+    body = [
+        [
+            r["method"],
+            f"{r['budget']:g}",
+            _equal_time_top1(r),
+            pct(r["top1_before_mean"]) if "top1_before_mean" in r else "—",
+            "/".join(str(n) for n in r["steps"]) if any(r["steps"]) else "0",
+            f"{r['seconds']:.0f} s ({r['budget_seconds']:.0f} s)",
+        ]
+        for r in section["rows"]
+    ]
+    header = ["method", "budget", "top-1", "before training", "steps", "wall (budget)"]
+    loads = [v for b in setup["budgets"].values() for v in b["load_average_before_after"]]
+    note = (
+        f"{len(setup['seeds'])} seeds, the {setup['test_images']:,} test images above; "
+        f"steps per seed; wall time measured on {setup['threads']} threads of the shared "
+        f"machine under load (1-minute load average {span(loads, '{:.1f}')})."
+    )
+    return reflow(note) + "\n\n" + table(header, ["l"] + ["r"] * 5, body)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "quickstart-time": render_quickstart_time,
     "searches": render_searches,
@@ -529,6 +564,7 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "export-speed-table": render_export_table,
     "export-speed-notes": render_export_notes,
     "selection-table": render_selection_table,
+    "posttrain-equal-time": render_posttrain_equal_time,
 }
 
 
