@@ -133,12 +133,27 @@ def config_spec(config: Any) -> ModelSpec:
     return ModelSpec(config.model.name, dict(config.model.kwargs))
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command that produced the results (the output path relative to bench/results)."""
+    words = [f"--spaces {' '.join(args.spaces)}", f"--batches {' '.join(map(str, args.batches))}"]
+    words += [f"--subnets {args.subnets}", f"--repeats {args.repeats}", f"--points {args.points}"]
+    if args.threads is not None:
+        words.append(f"--threads {args.threads}")
+    out = Path(args.out)
+    if out != RESULTS / "latency":
+        words.append(
+            f"--out bench/results/{out.relative_to(RESULTS)}"
+            if out.is_relative_to(RESULTS)
+            else f"--out {out}"
+        )
+    return "python bench/latency.py " + " ".join(words)
+
+
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         "# Latency model: prediction error and landing (CPU)",
         "",
-        f"`python bench/latency.py --subnets {args.subnets} --repeats {args.repeats} "
-        f"--points {args.points} --batches {' '.join(map(str, args.batches))}` on "
+        f"`{command_line(args)}` on "
         f"{results[0]['device']}, torch {results[0]['torch']}, {results[0]['threads']} threads, "
         "random weights. Load average (1 min) before profiling / at the measurement / after.",
         "",

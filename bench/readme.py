@@ -552,6 +552,31 @@ def render_posttrain_equal_time(results: Path) -> str:
     return reflow(note) + "\n\n" + table(header, ["l"] + ["r"] * 5, body)
 
 
+# ---------------------------------------------------------------------------- latency
+def render_latency_table(results: Path) -> str:
+    rows = [
+        r
+        for name in ("latency.json", "latency_batch64.json")
+        for r in load(results, name)["results"]
+    ]
+    body = [
+        [
+            f"{r['model']} (`{r['space']}`)",
+            str(r["batch"]),
+            str(r["threads"]),
+            str(len(r["subnets"])),
+            share(r["median_error"]),
+            f"{r['landing']['target_ms']:.3g} ms",
+            f"{r['landing']['measured_ms']:.3g} ms ({signed_pct(r['landing']['off_target'], 1)})",
+            span(r["load_average"], "{:.1f}"),
+        ]
+        for r in rows
+    ]
+    header = ["model", "batch", "threads", "random subnets", "median prediction error"]
+    header += ["landing target", "measured", "load average"]
+    return table(header, ["l"] + ["r"] * 7, body)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "quickstart-time": render_quickstart_time,
     "searches": render_searches,
@@ -564,6 +589,7 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "export-speed-table": render_export_table,
     "export-speed-notes": render_export_notes,
     "selection-table": render_selection_table,
+    "latency-table": render_latency_table,
     "posttrain-equal-time": render_posttrain_equal_time,
 }
 
