@@ -43,7 +43,7 @@ class RunPlan:
     model: nn.Module  # the dense model with its weights; shapes only for ``resolve(meta=True)``
     space: SearchSpace
     dense: Cost
-    target_macs: float | None  # in ``cost``'s unit: seconds for a latency budget
+    target: float | None  # in ``cost``'s unit: seconds for a latency budget
     strategy: Strategy
     cost: CostModel = MACS  # what the budget counts: MACs, or the device's fitted latency
 
@@ -277,7 +277,7 @@ def resolve(
         model=model,
         space=space,
         dense=dense,
-        target_macs=target,
+        target=target,
         strategy=built,
         cost=cost,
     )

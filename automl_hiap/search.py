@@ -102,7 +102,7 @@ def run_search(
     say.heading("model and data")
     plan = resolve(config, strategy_name, budget)
     config, model, space, dense = plan.config, plan.model, plan.space, plan.dense
-    strategy, spec, target = plan.strategy, plan.spec, plan.target_macs
+    strategy, spec, target = plan.strategy, plan.spec, plan.target
     check_folder(out, "--out", need_bytes=BYTES_PER_PARAM * dense.params)
     data = matching_data(config, model)
     sizes = (len(data.train), len(data.val), len(data.test))  # type: ignore[arg-type]
@@ -152,7 +152,7 @@ def run_search(
         model=model,
         spec=spec,
         space=space,
-        target_macs=target,
+        target=target,
         seed=config.train.seed,
         trainer=trainer,
         teacher=teacher,
@@ -202,7 +202,7 @@ def run_search(
         strategy=strategy.name,
         params_config=strategy.params.model_dump(),
         budget=None if config.budget is None else str(config.budget),
-        target_macs=target,
+        target_macs=target if plan.cost.unit == "MACs" else None,  # a latency's: ``latency``
         dense=ModelMetrics(
             dense_test["top1"], dense_val["top1"], dense.macs, dense.params, *_spread(dense_speed)
         ),

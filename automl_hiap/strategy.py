@@ -73,7 +73,7 @@ class SearchContext:
     model: nn.Module
     spec: ModelSpec
     space: SearchSpace
-    target_macs: float | None  # the budget's target, in ``cost``'s unit (seconds: a latency)
+    target: float | None  # the budget's target, in ``cost``'s unit (seconds: a latency)
     seed: int = 0
     trainer: Any = None  # the runtime's Trainer, when the strategy trains
     teacher: nn.Module | None = None
@@ -195,11 +195,11 @@ class Strategy(ABC, Generic[P]):
         """Build from the YAML's ``strategy.params`` (raises pydantic's ValidationError)."""
         return cls(cast(Any, cls.Params.model_validate(values)))
 
-    def target_macs(self, context: SearchContext) -> float:
+    def target(self, context: SearchContext) -> float:
         """The MACs budget, or a clear error for a strategy that cannot run without one."""
-        if context.target_macs is None:
+        if context.target is None:
             raise UserError(f"budget: strategy {self.name!r} needs a budget (e.g. --budget 0.5)")
-        return context.target_macs
+        return context.target
 
     def fine_tune_settings(self) -> tuple[int, float | None]:
         """(epochs, lr) of the fine-tune phase with these params; (0, None) without one."""
@@ -217,7 +217,7 @@ class Strategy(ABC, Generic[P]):
     def check(self, context: SearchContext) -> None:
         """Raise the class's declared errors for what ``context`` lacks (before any work)."""
         if self.needs_budget:
-            self.target_macs(context)
+            self.target(context)
         if context.cost.unit != "MACs" and not self.latency_budgets:
             raise UserError(
                 f"budget: strategy {self.name!r} selects to a MACs budget only (it does not "

@@ -194,12 +194,12 @@ def subnet_validates_and_respects_the_budget(cls: StrategyClass) -> None:
     problems = result.subnet.problems(context.space)
     if problems:
         raise _fail(cls, f"its subnet breaks the space's constraints: {problems}")
-    assert context.target_macs is not None
+    assert context.target is not None
     macs = subnet_cost(context.space, result.subnet).macs
-    if macs > context.target_macs * (1 + BUDGET_TOLERANCE):
+    if macs > context.target * (1 + BUDGET_TOLERANCE):
         raise _fail(
             cls,
-            f"its subnet has {macs:.0f} MACs, above the budget {context.target_macs:.0f} "
+            f"its subnet has {macs:.0f} MACs, above the budget {context.target:.0f} "
             f"(+{BUDGET_TOLERANCE:.0%} tolerance)",
         )
 
@@ -211,13 +211,13 @@ def meets_a_budget_in_another_cost_model(cls: StrategyClass) -> None:
     context, strategy = tiny_context(cost=cost), smoke_strategy(cls)
     strategy.check(context)
     subnet = strategy.search(context).subnet
-    assert context.target_macs is not None
+    assert context.target is not None
     spent = float(total_cost(cost, context.space, subnet.to_keep(context.space, torch.float64)))
-    if spent > context.target_macs * (1 + BUDGET_TOLERANCE):
+    if spent > context.target * (1 + BUDGET_TOLERANCE):
         raise _fail(
             cls,
             f"its subnet costs {spent:.0f} {cost.unit}, above the budget "
-            f"{context.target_macs:.0f} (+{BUDGET_TOLERANCE:.0%} tolerance): it does not select "
+            f"{context.target:.0f} (+{BUDGET_TOLERANCE:.0%} tolerance): it does not select "
             "to SearchContext.cost",
         )
 

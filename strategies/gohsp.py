@@ -325,7 +325,7 @@ class GOHSPStrategy(Strategy[GOHSPParams]):
 
     def search(self, context: SearchContext) -> SearchResult:
         params, space = self.params, context.space
-        target = self.target_macs(context)
+        target = self.target(context)
         trainer, model = context.trainer, context.model
         model.to(trainer.device)
         batches = calibration_batches(trainer, params.rank_batches, context.seed)

@@ -229,17 +229,17 @@ class HiAPSearch(TrainHooks):
         model: nn.Module,
         space: SearchSpace,
         params: HiAPParams,
-        target_macs: float | None,
+        target: float | None,
         seed: int,
         device: torch.device,
         cost: CostModel = MACS,
     ) -> None:
-        self.space, self.params, self.target, self.seed = space, params, target_macs, seed
+        self.space, self.params, self.target, self.seed = space, params, target, seed
         self.cost = cost  # MACs, or a device's latency: the loss and controller steer it
         self.gates = Gates(space, params.gate_init).to(device)
         self.dense_cost = float(total_cost(cost, space, space.dense_keep()))
         self.dense_block_cost = self.dense_cost - cost.fixed(space)
-        self.adaptive = target_macs is not None and params.adapt_lambda
+        self.adaptive = target is not None and params.adapt_lambda
         self.multiplier = 1.0 if not self.adaptive else 0.0
         self.integral, self.gap = 0.0, 0.0
         self.tau, self.noise = params.tau_start, 1.0
@@ -375,7 +375,7 @@ class HiAPStrategy(Strategy[HiAPParams]):
             context.model,
             context.space,
             params,
-            context.target_macs,
+            context.target,
             context.seed,
             context.trainer.device,
             context.cost,

@@ -71,7 +71,7 @@ class MagnitudeStrategy(Strategy[MagnitudeParams]):
         return super().uses_trainer() or self.params.criterion not in importance.DATA_FREE
 
     def search(self, context: SearchContext) -> SearchResult:
-        target = self.target_macs(context)
+        target = self.target(context)
         p = self.params
         batches = None
         if p.criterion not in importance.DATA_FREE:

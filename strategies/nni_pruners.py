@@ -239,7 +239,7 @@ class NNIStrategy(Strategy[NNIParams]):
 
     def search(self, context: SearchContext) -> SearchResult:
         params, space, trainer = self.params, context.space, context.trainer
-        target = self.target_macs(context)
+        target = self.target(context)
         device = trainer.device if trainer is not None else next(context.model.parameters()).device
         context.model.to(device)
         batches = (

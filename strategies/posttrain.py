@@ -230,7 +230,7 @@ class PostTrainStrategy(Strategy[PostTrainParams]):
 
     def search(self, context: SearchContext) -> SearchResult:
         params, space, model, trainer = self.params, context.space, context.model, context.trainer
-        target = self.target_macs(context)
+        target = self.target(context)
         minimum, why = minimum_images(space, params)
         if params.calibration_images < minimum:
             raise UserError(

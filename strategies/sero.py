@@ -277,7 +277,7 @@ class SERoStrategy(Strategy[SERoParams]):
 
     def search(self, context: SearchContext) -> SearchResult:
         params, space, trainer = self.params, context.space, context.trainer
-        target = self.target_macs(context)
+        target = self.target(context)
         steps = trainer.steps_per_epoch()
         hooks = _Exploration(context.model, space, target, params, steps, context.cost)
         self.train_phase(context, hooks, "sero_explore", params.explore_epochs, params.explore_lr)

@@ -212,7 +212,7 @@ class VTPStrategy(Strategy[VTPParams]):
 
     def search(self, context: SearchContext) -> SearchResult:
         params, space, trainer = self.params, context.space, context.trainer
-        target = self.target_macs(context)
+        target = self.target(context)
         context.model.to(trainer.device)
         hooks = _SparseTraining(context.model, space, params)
         self.train_phase(context, hooks, "vtp_sparse", params.sparse_epochs, params.sparse_lr)

@@ -417,7 +417,7 @@ def test_the_smallest_subnet_is_the_greedy_selections_floor(
 def test_the_bundled_spaces_pass_every_check(name: str) -> None:
     config = load_config(name, ["model.checkpoint=null"], check_model=False)
     plan = resolve(config, meta=True)
-    assert plan.target_macs is None or plan.target_macs >= smallest_macs(plan.space)
+    assert plan.target is None or plan.target >= smallest_macs(plan.space)
 
 
 def test_aliases_and_merge_keys_within_the_limits_still_load(tmp_path: Path) -> None:

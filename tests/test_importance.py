@@ -153,7 +153,7 @@ def test_magnitude_strategy_criterion_param() -> None:
     class Trainer:
         train_data = synthetic_data(64)
 
-    ctx = SearchContext(model=model, spec=spec, space=space, target_macs=target, trainer=Trainer())
+    ctx = SearchContext(model=model, spec=spec, space=space, target=target, trainer=Trainer())
     strategy = MagnitudeStrategy(MagnitudeParams(criterion="taylor", calibration_images=32))
     assert strategy.uses_trainer()
     subnet = strategy.search(ctx).subnet

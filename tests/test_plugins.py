@@ -105,7 +105,7 @@ PLUGIN_SOURCE = """
                 keep.map(lambda t: torch.rand(t.shape, generator=generator, dtype=torch.float64))
                 for keep in context.space.dense_keep()
             ]
-            subnet = select_to_budget(context.space, scores, self.target_macs(context))
+            subnet = select_to_budget(context.space, scores, self.target(context))
             return SearchResult(subnet=subnet, model=context.model)
 """
 

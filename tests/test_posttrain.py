@@ -150,7 +150,7 @@ def test_a_planted_useless_head_and_neuron_are_pruned_first() -> None:
     ctx = make_context(units=units, constraints=Constraints(round_to=1), setup=plant)
     shape, tokens = ctx.space.layers[0], ctx.space.tokens
     saved = unit_macs(shape, tokens, Unit.HEAD) + unit_macs(shape, tokens, Unit.NEURON)
-    ctx.target_macs = ah.dense_cost(ctx.space).macs - saved
+    ctx.target = ah.dense_cost(ctx.space).macs - saved
     subnet = strategy(reconstruct="none").search(ctx).subnet
     assert [h.index for h in subnet.layers[0].heads] == [0]
     assert 5 not in subnet.layers[1].neurons
@@ -169,11 +169,11 @@ def test_swap_search_lowers_the_block_fisher_estimate() -> None:
 def test_rearrangement_keeps_every_count_and_the_macs() -> None:
     ctx = make_context(units=[Unit.HEAD, Unit.V_DIM, Unit.NEURON, Unit.FFN_BLOCK])
     calibration = calibrate(ctx, keep_grads=True)
-    assert ctx.target_macs is not None
+    assert ctx.target is not None
     subnet = ah.Subnet.from_keep(ctx.space, ctx.space.dense_keep())
     from automl_hiap.selection import select_to_budget
 
-    subnet = select_to_budget(ctx.space, pt.fisher_scores(ctx.space, calibration), ctx.target_macs)
+    subnet = select_to_budget(ctx.space, pt.fisher_scores(ctx.space, calibration), ctx.target)
     moved, swaps = pt.rearrange(ctx.space, subnet, calibration, max_swaps=100)
     assert swaps > 0 and moved != subnet
     assert ah.subnet_cost(ctx.space, moved).macs == ah.subnet_cost(ctx.space, subnet).macs
@@ -249,8 +249,8 @@ def test_label_free_mode_needs_no_labels() -> None:
     images = torch.utils.data.TensorDataset(synthetic_data().tensors[0])  # images only
     ctx = make_context(data=images)
     result = strategy(labels=False).search(ctx)
-    assert ctx.target_macs is not None
-    assert ah.subnet_cost(ctx.space, result.subnet).macs <= ctx.target_macs
+    assert ctx.target is not None
+    assert ah.subnet_cost(ctx.space, result.subnet).macs <= ctx.target
     assert result.metrics["posttrain_refit_error_ratio"] < 1.0
     with pytest.raises(UserError, match=r"strategy.params.labels: .* no labels; set labels: false"):
         strategy().search(make_context(data=images))

@@ -88,7 +88,7 @@ def run_tune(
         )
 
     run = resolve(config, check_budget=False)
-    space, dense, target = run.space, run.dense.macs, run.target_macs
+    space, dense, target = run.space, run.dense.macs, run.target
 
     storage_spec = settings.storage or default_storage(out, settings.workers)
     if settings.workers > 1 and is_sqlite(storage_spec):
