@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from automl_hiap import listing, plugins
-from automl_hiap.cli import main, tracking_target
+from automl_hiap.cli import main
 from automl_hiap.config import load_config, verify_model_name
 from automl_hiap.console import Console, duration, format_metric
 from automl_hiap.errors import ConfigError
+from automl_hiap.preview import tracking_target
 from automl_hiap.trainer import EpochEnd
 
 HEAVY = ("torch", "timm", "mlflow", "optuna", "matplotlib", "pydantic")
@@ -183,13 +184,13 @@ def test_the_plan_names_the_store_mlflow_will_use(
 
 SPY = """
 import sys
-from automl_hiap import cli
-shown = cli.show_plan
+from automl_hiap import cli, preview
+shown = preview.show_plan
 def spy(*args):
     shown(*args)
     print("HEAVY " + ",".join(sorted(m for m in {heavy!r} if m in sys.modules)), flush=True)
     raise SystemExit(0)
-cli.show_plan = spy
+preview.show_plan = spy
 cli.main(sys.argv[1:])
 """
 
