@@ -33,7 +33,9 @@ from pydantic import (
 
 from automl_hiap import strict_yaml
 from automl_hiap.budget import Budget, parse_budget
+from automl_hiap.error_lines import error_lines
 from automl_hiap.errors import ConfigError
+from automl_hiap.overrides import apply_overrides
 
 # the file lookup and ${VAR} expansion live in the pydantic-free ``paths`` (re-exported)
 from automl_hiap.paths import BUNDLED_PACKAGE as BUNDLED_PACKAGE
@@ -225,13 +227,15 @@ class TuneConfig(_Section):
     """The Optuna outer loop (``automl_hiap.tune``); present => ``search`` runs it.
 
     ``trials`` counts the whole study (all workers). ``tolerance``: a single-objective trial is
-    feasible when its exported MACs are within this fraction of the target. ``pruner`` None:
+    feasible when its exported cost (MACs, or a latency budget's predicted seconds) is within
+    this fraction of the target. ``pruner`` None:
     median for a single objective, none for ``pareto`` (Optuna cannot prune multi-objective
     studies). ``seed`` None: ``train.seed``. ``storage`` None: a SQLite file in the output
     folder (a journal file with ``workers`` > 1); ``${VAR}`` expands (passwords stay out of the
     file). ``study`` None: derived from model, strategy and budget. ``measure``: time every
     trial's model (seconds per trial; off for quick studies). ``params``: the tuned fields of
-    ``strategy.params`` (``budget`` tunes the MACs fraction itself; only with ``pareto``).
+    ``strategy.params`` (``budget`` tunes the budget's
+    fraction of dense itself; only with ``pareto``).
     """
 
     trials: Annotated[int, Field(ge=1)] = 20
@@ -289,76 +293,6 @@ class SearchConfig(_Section):
     @classmethod
     def _parse_budget(cls, value: Any) -> Budget | None:
         return None if value is None or isinstance(value, Budget) else parse_budget(value)
-
-
-def parse_override(assignment: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` -> (["a", "b", "c"], parsed YAML value); a value that is not YAML is
-    taken as a string, one beyond the YAML limits is refused."""
-    key, sep, raw = assignment.partition("=")
-    keys = key.strip().split(".")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
-    if len(keys) > strict_yaml.MAX_DEPTH:
-        raise ConfigError(
-            f"--set {key[:60]!r}: a key path of {len(keys)} parts; "
-            f"expected at most {strict_yaml.MAX_DEPTH}"
-        )
-    try:
-        value = strict_yaml.load(raw) if raw.strip() else None
-    except strict_yaml.YAMLRefused as exc:
-        where = ".".join([*keys, *exc.path])
-        raise ConfigError(f"--set {where}: {exc}") from None
-    except yaml.YAMLError:
-        value = raw
-    return keys, value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
-    for assignment in overrides:
-        keys, value = parse_override(assignment)
-        node = raw
-        for depth, key in enumerate(keys[:-1]):
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            if not isinstance(child, dict):
-                path = ".".join(keys[: depth + 1])
-                raise ConfigError(f"{source}: {path}: expected a mapping to set {assignment!r}")
-            node = child
-        node[keys[-1]] = value
-    return raw
-
-
-def _describe(error: Any, model: type[BaseModel]) -> str:
-    """One readable phrase for one pydantic error."""
-    kind, message = error["type"], error["msg"]
-    if kind == "extra_forbidden":
-        fields = _fields_at(model, error["loc"][:-1])
-        return "unknown key" + (f" (expected one of: {', '.join(fields)})" if fields else "")
-    if kind == "missing":
-        return "missing item" if isinstance(error["loc"][-1], int) else "missing required key"
-    message = message.removeprefix("Value error, ")
-    value = error.get("input")
-    said = ", got " in message or message.startswith((f"{value} ", f"{value!r} "))
-    if "input" in error and not isinstance(value, dict) and not said:
-        shown = repr(value)
-        return f"{message}, got {shown if len(shown) <= 80 else shown[:77] + '...'}"
-    return message
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    current: Any = model
-    for key in loc:
-        field = getattr(current, "model_fields", {}).get(key)
-        if field is None:
-            return []
-        current = field.annotation
-        args = getattr(current, "__args__", ())
-        current = next((a for a in (current, *args) if hasattr(a, "model_fields")), None)
-        if current is None:
-            return []
-    fields = getattr(current, "model_fields", {})
-    return [field.alias or name for name, field in fields.items()]  # the YAML's key names
 
 
 def check_model_name(name: str) -> None:
@@ -453,25 +387,3 @@ def _non_finite(value: Any, key: tuple[str, ...] = ()) -> Iterator[tuple[tuple[s
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             yield from _non_finite(item, (*key, str(index)))
-
-
-def error_lines(
-    exc: ValidationError, model: type[BaseModel], prefix: tuple[str, ...] = ()
-) -> list[tuple[tuple[str, ...], str]]:
-    """(key path, what was expected) of every problem pydantic found."""
-    return [
-        ((*prefix, *(str(part) for part in error["loc"])), _describe(error, model))
-        for error in exc.errors()
-    ]
-
-
-def format_validation_error(
-    exc: ValidationError, model: type[BaseModel], source: str = "", prefix: str = ""
-) -> str:
-    """One line per problem: ``source: key.path: what was expected``."""
-    head = f"{source}: " if source else ""
-    parts = tuple(prefix.split(".")) if prefix else ()
-    return "\n".join(
-        f"{head}{'.'.join(key) or '(top level)'}: {message}"
-        for key, message in error_lines(exc, model, parts)
-    )

@@ -24,9 +24,10 @@ from torch import nn
 
 from automl_hiap import plugins
 from automl_hiap.budget import Budget, format_macs
-from automl_hiap.config import SearchConfig, format_validation_error
+from automl_hiap.config import SearchConfig
 from automl_hiap.cost import Cost, count_macs, dense_cost
 from automl_hiap.cost_model import MACS, CostModel
+from automl_hiap.error_lines import format_validation_error
 from automl_hiap.errors import ConfigError, UserError
 from automl_hiap.models import ModelSpec, TimmKwargs, create_model
 from automl_hiap.space import SearchSpace, Unit
