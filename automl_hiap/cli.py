@@ -354,7 +354,11 @@ def cmd_profile(args: argparse.Namespace) -> None:
         f"wrote {args.out}: fixed part {table.fixed_ms:.3g} ms; dense model predicted "
         f"{predicted:.3g} ms, measured {table.dense_ms:.3g} ms (IQR {low:.3g}–{high:.3g})"
     )
-    print(f"use it: --set 'budget={{latency: 8ms, batch: {args.batch}, table: {args.out}}}'")
+    where = f"batch: {args.batch}"  # the settings the table is keyed by, so a search matches
+    where += "" if args.threads is None else f", threads: {args.threads}"
+    where += "" if args.dtype == "float32" else f", dtype: {args.dtype}"
+    example = f"{0.7 * predicted:.3g}ms"  # within the reachable range
+    print(f"use it: --set 'budget={{latency: {example}, {where}, table: {args.out}}}'")
 
 
 def cmd_pull(args: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ from torch import Tensor
 from automl_hiap.budget import format_macs
 from automl_hiap.cost import block_macs, count_macs
 from automl_hiap.space import BlockKeep, SearchSpace
+from automl_hiap.subnet import Subnet
 
 
 class CostModel(Protocol):
@@ -57,6 +58,11 @@ def total_cost(cost: CostModel, space: SearchSpace, keeps: Sequence[BlockKeep]) 
     """The whole model under keep values: fixed part plus every block."""
     blocks = (cost.block(space, i, k) for i, k in enumerate(keeps))
     return cost.fixed(space) + sum(blocks, torch.zeros(()))
+
+
+def subnet_total(cost: CostModel, space: SearchSpace, subnet: Subnet) -> float:
+    """A subnet's exported model in ``cost``'s unit (its keep values are 0/1)."""
+    return float(total_cost(cost, space, subnet.to_keep(space, dtype=torch.float64)))
 
 
 class Macs:

@@ -149,13 +149,11 @@ def latency_target(
 ) -> tuple[LatencyModel, float]:
     """The cost model of a latency budget and its target in seconds, checked against what the
     space can reach (one line with the achievable range, before any training)."""
-    from automl_hiap.selection import select_to_budget
+    from automl_hiap.selection import cheapest
 
     cost = LatencyModel(table, space)
     dense = cost.predict(space, Subnet.dense(space))
-    fastest = cost.predict(
-        space, select_to_budget(space, space.dense_keep(), 0.0, strict=False, cost=cost)
-    )
+    fastest = cost.predict(space, cheapest(space, cost))
     if not fastest <= budget.value <= dense:
         settings = budget.latency or Latency()
         raise UserError(

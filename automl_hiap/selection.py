@@ -130,6 +130,11 @@ def select_to_budget(
     return Subnet(tuple(_to_layer_keep(layer) for layer in layers)).validate(space)
 
 
+def cheapest(space: SearchSpace, cost: CostModel = MACS) -> Subnet:
+    """The smallest subnet the space allows under ``cost``: the floor of every budget."""
+    return select_to_budget(space, space.dense_keep(), 0.0, strict=False, cost=cost)
+
+
 def _initial(
     space: SearchSpace,
     shape: LayerShape,

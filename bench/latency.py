@@ -32,7 +32,7 @@ from automl_hiap.latency_table import profile, threads
 from automl_hiap.measure import load_average, time_calls
 from automl_hiap.models import ModelSpec
 from automl_hiap.placement import Placement
-from automl_hiap.selection import select_to_budget
+from automl_hiap.selection import cheapest, select_to_budget
 from automl_hiap.slicing import slice_subnet
 from automl_hiap.space import BlockKeep, SearchSpace
 from automl_hiap.subnet import Subnet
@@ -74,9 +74,7 @@ def run_case(space_file: str, batch: int, args: argparse.Namespace) -> dict[str,
         )
         for _ in range(args.subnets)
     ]
-    fastest = cost.predict(
-        space, select_to_budget(space, space.dense_keep(), 0.0, strict=False, cost=cost)
-    )
+    fastest = cost.predict(space, cheapest(space, cost))
     dense_s = cost.predict(space, Subnet.dense(space))
     target = (fastest + dense_s) / 2
     landed = select_to_budget(space, random_scores(space, rng), target, cost=cost)

@@ -375,6 +375,7 @@ def test_the_tune_plot_shows_what_trials_explored_when_the_front_is_a_point() ->
             "params": {"finetune_lr": 10 ** (-4 + n / 3), "hard": n % 2 == 0},
             "val_top1": 0.5 + n / 100,
             "macs": None if n == 3 else 1_000_000,
+            "cost": None if n == 3 else 1_000_000,
             "feasible": None if n == 3 else True,
         }
         for n in range(6)
@@ -384,7 +385,7 @@ def test_the_tune_plot_shows_what_trials_explored_when_the_front_is_a_point() ->
         study="same-macs",
         storage="x",
         pareto=True,
-        target_macs=1e6,
+        target=1e6,
         tolerance=0.03,
         params=["finetune_lr", "hard"],
         rows=rows,

@@ -1,13 +1,18 @@
 """One trial: sample the params, run the search into ``OUT/trials/<n>/``, record the result.
 
 * **budget** (single objective): maximize the exported model's top-1 on the held-out val split
-  (never the test split) subject to ``|MACs / target - 1| <= tolerance``, set as an Optuna
+  (never the test split) subject to ``|cost / target - 1| <= tolerance``, set as an Optuna
   constraint on each trial (``Trial.set_constraint``; Optuna 5 deprecates ``constraints_func``)
   so TPE and NSGA-II learn from infeasible trials instead of discarding them. Intermediate val
   top-1 after every epoch of the strategy's phases goes to the pruner (the dense phase is
   skipped: it is the same in every trial).
-* **pareto**: two objectives, val top-1 up and MACs down. Optuna cannot prune multi-objective
+* **pareto**: two objectives, val top-1 up and cost down. Optuna cannot prune multi-objective
   studies, so no trial stops early.
+* The cost is the budget's: MACs, or for a latency budget the latency the device's fitted
+  model predicts for the exported subnet. Predicted, not measured: it is what every strategy
+  selects to, it is the same on every worker and on a resume (a measurement on a shared
+  machine is not), and it holds for a table profiled on another device, which the tuning
+  machine cannot time. The measured latency (median and spread) is recorded next to it.
 * A pruned trial counts as feasible unless the strategy reported a candidate subnet: it was
   stopped for its accuracy, and calling it infeasible would steer the sampler for a reason it
   never observed.
@@ -37,6 +42,7 @@ import torch
 import torch.distributed as dist
 
 from automl_hiap.cost import subnet_cost
+from automl_hiap.cost_model import MACS, CostModel, subnet_total
 from automl_hiap.distributed import is_distributed
 from automl_hiap.outcome import SearchReport
 from automl_hiap.search import Scores, run_search
@@ -65,10 +71,11 @@ def fresh_rngs(seed: int) -> None:
 class EpochReporter:
     """Epoch listener: intermediate val top-1 to Optuna, pruning on its verdict."""
 
-    def __init__(self, trial: optuna.Trial, space: SearchSpace) -> None:
-        self.trial, self.space = trial, space
+    def __init__(self, trial: optuna.Trial, space: SearchSpace, cost: CostModel = MACS) -> None:
+        self.trial, self.space, self.cost_model = trial, space, cost
         self.phase, self.offset, self.next_offset = "", 0, 0
         self.macs: float | None = None
+        self.cost: float | None = None  # of the latest candidate, in the budget's unit
 
     def __call__(self, event: EpochEnd) -> None:
         if event.phase == "dense" or "val_top1" not in event.metrics:
@@ -78,6 +85,7 @@ class EpochReporter:
         self.next_offset = self.offset + event.epochs
         if event.candidate is not None:
             self.macs = subnet_cost(self.space, event.candidate).macs
+            self.cost = subnet_total(self.cost_model, self.space, event.candidate)
         step, value = self.offset + event.epoch, event.metrics["val_top1"]
         self.trial.report(value, step)
         if self.trial.should_prune():
@@ -92,11 +100,12 @@ class Objective:
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.dense_scores: dict[str, Scores] = {}  # the dense model is scored once per process
 
-    def _constrain(self, trial: optuna.Trial, macs: float | None) -> None:
-        """Feasible when <= 0; a trial without MACs (pruned, no candidate) has none."""
+    def _constrain(self, trial: optuna.Trial, cost: float | None) -> None:
+        """Feasible when <= 0; a trial without a cost (pruned, no candidate) has none."""
         plan = self.plan
-        if not plan.tune.pareto and plan.target is not None and macs is not None:
-            trial.set_constraint("macs", abs(macs / plan.target - 1) - plan.tune.tolerance)
+        if not plan.tune.pareto and plan.target is not None and cost is not None:
+            name = "macs" if plan.cost.unit == "MACs" else "latency"
+            trial.set_constraint(name, abs(cost / plan.target - 1) - plan.tune.tolerance)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         plan = self.plan
@@ -111,11 +120,11 @@ class Objective:
         broadcast((str(folder), params))
         reporter = None
         try:
-            config = with_params(plan.config, params)
+            config = with_params(plan.config, params, plan.dense_cost)
             with plan.hooks.trial(trial, folder, config) as extra:
                 listeners = list(extra)  # trackers first: they log the epoch a pruner stops
                 if not plan.tune.pareto and not is_distributed():
-                    reporter = EpochReporter(trial, plan.space)
+                    reporter = EpochReporter(trial, plan.space, plan.cost)
                     listeners.append(reporter)
                 fresh_rngs(config.train.seed)  # whatever this worker (or a tracker) ran before
                 report = run_search(
@@ -129,9 +138,9 @@ class Objective:
                 result = self._result(report)
                 plan.hooks.trial_searched(trial, report, result)
         except optuna.TrialPruned:
-            macs = None if reporter is None else reporter.macs
-            trial.set_user_attr("result", {"macs": macs, **self._target_fields(macs)})
-            self._constrain(trial, macs)
+            macs, cost = (None, None) if reporter is None else (reporter.macs, reporter.cost)
+            trial.set_user_attr("result", {"macs": macs, "cost": cost, **self._target_fields(cost)})
+            self._constrain(trial, cost)
             shutil.rmtree(folder / "checkpoints", ignore_errors=True)
             raise
         except KeyboardInterrupt:
@@ -142,20 +151,25 @@ class Objective:
             trial.set_user_attr("fail_reason", failure_reason(exc))
             raise
         trial.set_user_attr("result", result)
-        self._constrain(trial, result["macs"])
+        self._constrain(trial, result["cost"])
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # only a resume needs them
         if plan.tune.pareto:
-            return result["val_top1"], result["macs"]
+            return result["val_top1"], result["cost"]
         return result["val_top1"]
 
     def _result(self, report: SearchReport) -> dict[str, Any]:
         """What the study records of a finished search (``tune.json`` is built from it)."""
         metrics = report.metrics
         pruned, dense = metrics.pruned, metrics.dense
+        latency = metrics.latency or {}
+        cost = pruned.macs if self.plan.cost.unit == "MACs" else latency["predicted_ms"] / 1e3
         return {
             "val_top1": pruned.val_top1,
             "test_top1": pruned.top1,
             "macs": pruned.macs,
+            "cost": cost,
+            "measured_ms": latency.get("measured_ms"),
+            "measured_iqr_ms": latency.get("measured_iqr_ms"),
             "params": pruned.params,
             "macs_ratio": metrics.macs_ratio,
             "speedup": metrics.speedup,
@@ -163,14 +177,15 @@ class Objective:
             "dense_test_top1": dense.top1,
             "dense_macs": dense.macs,
             "dense_params": dense.params,
-            **self._target_fields(pruned.macs),
+            "dense_cost": self.plan.dense_cost,
+            **self._target_fields(cost),
         }
 
-    def _target_fields(self, macs: float | None) -> dict[str, Any]:
+    def _target_fields(self, cost: float | None) -> dict[str, Any]:
         target, tolerance = self.plan.target, self.plan.tune.tolerance
-        if target is None or macs is None:
+        if target is None or cost is None:
             return {"target_error": None, "feasible": None}
-        error = macs / target - 1
+        error = cost / target - 1
         return {"target_error": error, "feasible": abs(error) <= tolerance}
 
 
@@ -182,7 +197,7 @@ def follow(plan: StudyPlan) -> None:
         fresh_rngs(plan.config.train.seed)
         with contextlib.suppress(Exception):  # rank 0 records the failure
             run_search(
-                with_params(plan.config, params),
+                with_params(plan.config, params, plan.dense_cost),
                 folder,
                 progress=False,
                 measure_batch=64 if plan.tune.measure else None,

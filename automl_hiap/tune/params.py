@@ -3,7 +3,8 @@
 A range is checked before any compute, like ``strategy.params`` itself: the field must exist,
 its type must accept the range (an int field needs ``int: true``) and both endpoints (or every
 choice) must validate. ``budget`` is the one name that is not a strategy field: in Pareto mode
-it tunes the MACs fraction itself.
+it tunes the budget itself, as a fraction of the dense model's cost: its MACs, or with a
+latency budget (which names the device settings) its predicted latency.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from pydantic import ValidationError
 from automl_hiap import plugins
 from automl_hiap.budget import Budget
 from automl_hiap.config import SearchConfig, TuneConfig, TuneRange
+from automl_hiap.cost_model import CostModel, subnet_total
 from automl_hiap.errors import ConfigError
+from automl_hiap.selection import cheapest
+from automl_hiap.space import SearchSpace
 from automl_hiap.strategy import Strategy
 
-BUDGET_PARAM = "budget"  # tunes the MACs fraction itself (Pareto mode only)
+BUDGET_PARAM = "budget"  # tunes the budget's fraction of dense itself (Pareto mode only)
 
 
 def _kinds(annotation: Any) -> set[Any]:
@@ -95,18 +99,55 @@ def _check_budget_range(spec: TuneRange, key: str, pareto: bool) -> None:
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
             raise ConfigError(
-                f"{key}: expected fractions of the dense MACs in (0, 1], got {value!r}"
+                f"{key}: expected fractions of the dense model's cost (MACs, or latency with "
+                f"a latency budget) in (0, 1], got {value!r}"
             )
     if spec.integer:
         raise ConfigError(f"{key}: expected a float range of fractions, not int: true")
 
 
-def with_params(config: SearchConfig, params: dict[str, Any]) -> SearchConfig:
-    """``config`` with sampled values merged into ``strategy.params`` (and the budget)."""
+def check_budget_floor(
+    tune: TuneConfig,
+    strategy: type[Strategy],
+    space: SearchSpace,
+    cost: CostModel,
+    dense_cost: float,
+    source: str = "",
+) -> None:
+    """A tuned budget's lowest fraction must reach the smallest subnet the space allows (else
+    those trials would all fail, one line each, after the dense phase)."""
+    spec = tune.params.get(BUDGET_PARAM)
+    if spec is None or BUDGET_PARAM in strategy.Params.model_fields:
+        return
+    low = min(spec.choices) if spec.choices is not None else spec.low
+    floor = subnet_total(cost, space, cheapest(space, cost)) / dense_cost
+    if low is not None and low < floor:
+        head = f"{source}: " if source else ""
+        what = "MACs" if cost.unit == "MACs" else "predicted latency"
+        smallest, dense = cost.describe(floor * dense_cost), cost.describe(dense_cost)
+        raise ConfigError(
+            f"{head}tune.params.budget: expected fractions of at least {floor:.3f}, the "
+            f"smallest subnet space.units and space.constraints allow ({smallest} of the "
+            f"dense {what} {dense}), got {low!r}"
+        )
+
+
+def with_params(
+    config: SearchConfig, params: dict[str, Any], dense_cost: float | None = None
+) -> SearchConfig:
+    """``config`` with sampled values merged into ``strategy.params`` (and the budget: a
+    sampled fraction of a latency budget's ``dense_cost``, the dense model's seconds, keeps
+    the budget's device settings)."""
     values = dict(params)
     update: dict[str, Any] = {}
     if BUDGET_PARAM in values and BUDGET_PARAM not in _strategy_fields(config):
-        update["budget"] = Budget(float(values.pop(BUDGET_PARAM)), absolute=False)
+        share = float(values.pop(BUDGET_PARAM))
+        given = config.budget
+        if given is not None and given.latency is not None:
+            assert dense_cost is not None, "a latency budget's fraction needs the dense latency"
+            update["budget"] = Budget(share * dense_cost, absolute=True, latency=given.latency)
+        else:
+            update["budget"] = Budget(share, absolute=False)
     strategy = config.strategy.model_copy(update={"params": {**config.strategy.params, **values}})
     return config.model_copy(update={"strategy": strategy, **update})
 

@@ -1,8 +1,10 @@
 """The results of a tune: the trials table, the Pareto front, the best trial and its files.
 
 What a tune writes to ``OUT``: ``trials.csv`` and ``tune.json`` (every trial: params, top-1,
-MACs, params count, state, failure reason), ``pareto.png``, and the best trial's exported model
-(the same files as ``search``). The best trial is the most accurate feasible one (val top-1);
+MACs, cost, params count, state, failure reason), ``pareto.png``, and the best trial's exported
+model (the same files as ``search``). A trial's ``cost`` is in the budget's unit: its MACs, or
+for a latency budget its predicted seconds (``measured_ms`` beside it); feasibility, the front
+and the best are decided on it. The best trial is the most accurate feasible one (val top-1);
 when none is feasible, the one closest to the target (and ``tune.json`` says so). In Pareto mode
 it is the most accurate front member within the budget's tolerance (without a budget the most
 accurate member; when none is within it, the cheapest).
@@ -34,7 +36,7 @@ class TuneReport:
     study: str
     storage: str  # for display: passwords masked
     pareto: bool
-    target_macs: float | None
+    target: float | None  # in ``unit``
     tolerance: float
     params: list[str]
     rows: list[dict[str, Any]]  # one per trial, by number
@@ -42,11 +44,27 @@ class TuneReport:
     best: dict[str, Any] | None
     dense: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    unit: str = "MACs"  # of the trials' cost and the target: "MACs" or "s" (a latency budget)
 
     @property
     def distance(self) -> float | None:
-        """The best trial's MACs relative to the target, minus one (+0.02: 2 % over)."""
+        """The best trial's cost relative to the target, minus one (+0.02: 2 % over)."""
         return None if self.best is None else self.best.get("target_error")
+
+    @property
+    def is_latency(self) -> bool:
+        return self.unit != "MACs"
+
+    def axis(self, cost: float) -> float:
+        """A cost as plotted: M MACs, or ms."""
+        return cost / 1e6 if not self.is_latency else cost * 1e3
+
+    @property
+    def axis_label(self) -> str:
+        return "MACs (M)" if not self.is_latency else "predicted latency (ms)"
+
+    def describe(self, cost: float) -> str:
+        return format_macs(cost) if not self.is_latency else f"{cost * 1e3:.4g} ms"
 
 
 def trial_rows(trials: Sequence[FrozenTrial], params: Sequence[str]) -> list[dict[str, Any]]:
@@ -67,6 +85,8 @@ def trial_rows(trials: Sequence[FrozenTrial], params: Sequence[str]) -> list[dic
                 "val_top1": result.get("val_top1"),
                 "test_top1": result.get("test_top1"),
                 "macs": result.get("macs"),
+                "cost": result.get("cost", result.get("macs")),  # older studies: MACs only
+                "measured_ms": result.get("measured_ms"),
                 "macs_ratio": result.get("macs_ratio"),
                 "target_error": result.get("target_error"),
                 "feasible": result.get("feasible"),
@@ -79,6 +99,7 @@ def trial_rows(trials: Sequence[FrozenTrial], params: Sequence[str]) -> list[dic
                 "out": trial.user_attrs.get("out"),
                 "_dense": {
                     "macs": result.get("dense_macs"),
+                    "cost": result.get("dense_cost", result.get("dense_macs")),
                     "val_top1": result.get("dense_val_top1"),
                     "test_top1": result.get("dense_test_top1"),
                     "params": result.get("dense_params"),
@@ -89,15 +110,15 @@ def trial_rows(trials: Sequence[FrozenTrial], params: Sequence[str]) -> list[dic
 
 
 def pareto_front(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Completed rows that no other completed row beats on val top-1 and MACs together."""
+    """Completed rows that no other completed row beats on val top-1 and cost together."""
     done = [r for r in rows if r["state"] == "COMPLETE" and r["val_top1"] is not None]
 
     def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        no_worse = a["val_top1"] >= b["val_top1"] and a["macs"] <= b["macs"]
-        return no_worse and (a["val_top1"] > b["val_top1"] or a["macs"] < b["macs"])
+        no_worse = a["val_top1"] >= b["val_top1"] and a["cost"] <= b["cost"]
+        return no_worse and (a["val_top1"] > b["val_top1"] or a["cost"] < b["cost"])
 
     front = [r for r in done if not any(dominates(o, r) for o in done)]
-    return sorted(front, key=lambda r: r["macs"])
+    return sorted(front, key=lambda r: r["cost"])
 
 
 def choose_best(
@@ -111,10 +132,10 @@ def choose_best(
         front = pareto_front(done)
         if target is None:
             return max(front, key=lambda r: r["val_top1"]), []
-        within = [r for r in front if r["macs"] <= target * (1 + tolerance)]
+        within = [r for r in front if r["cost"] <= target * (1 + tolerance)]
         if within:
             return max(within, key=lambda r: r["val_top1"]), []
-        closest = min(front, key=lambda r: r["macs"])
+        closest = min(front, key=lambda r: r["cost"])
         return closest, ["no front member is within the budget; the cheapest one is returned"]
     feasible = [r for r in done if r["feasible"]]
     if feasible:
@@ -140,10 +161,10 @@ def pareto_plot(report: TuneReport, path: Path) -> Path:
 
 
 def pareto_figure(report: TuneReport) -> Any:
-    """Left: val top-1 against MACs (every completed trial, the front, the best, the dense
-    model, the target). Right, one panel per tuned param (up to three): val top-1 against the
-    sampled value, coloured by MACs, so the picture says what the trials explored even when
-    every trial exported the same MACs and the front is a single point."""
+    """Left: val top-1 against cost (MACs, or predicted latency; every completed trial, the
+    front, the best, the dense model, the target). Right, one panel per tuned param (up to
+    three): val top-1 against the sampled value, coloured by cost, so the picture says what the
+    trials explored even when every trial exported the same cost and the front is one point."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,13 +176,14 @@ def pareto_figure(report: TuneReport) -> Any:
     )
     _front_panel(axes[0][0], report)
     scored = [r for r in report.rows if r["val_top1"] is not None]
-    macs = [r["macs"] for r in scored if r["macs"] is not None]
-    norm = matplotlib.colors.Normalize(min(macs, default=0) / 1e6, max(macs, default=1) / 1e6)
+    costs = [report.axis(r["cost"]) for r in scored if r["cost"] is not None]
+    norm = matplotlib.colors.Normalize(min(costs, default=0), max(costs, default=1))
     mapped = None
     for ax, name in zip(axes[0][1:], names, strict=True):
         mapped = _param_panel(ax, report, scored, name, norm) or mapped
     if mapped is not None:
-        fig.colorbar(mapped, ax=list(axes[0][1:]), label="exported MACs (M)", shrink=0.9)
+        label = f"exported model's {report.axis_label}"
+        fig.colorbar(mapped, ax=list(axes[0][1:]), label=label, shrink=0.9)
     done = sum(r["state"] == "COMPLETE" for r in report.rows)
     mode = "Pareto front" if report.pareto else "budget mode"
     fig.suptitle(f"{report.study} ({mode}): {len(report.rows)} trials, {done} completed")
@@ -176,7 +198,7 @@ def _front_panel(ax: Any, report: TuneReport) -> None:
     feasible = [r for r in done if r["feasible"] is not False]
     infeasible = [r for r in done if r["feasible"] is False]
     ax.scatter(
-        [r["macs"] / 1e6 for r in feasible],
+        [report.axis(r["cost"]) for r in feasible],
         [100 * r["val_top1"] for r in feasible],
         c="tab:blue",
         alpha=0.6,
@@ -184,7 +206,7 @@ def _front_panel(ax: Any, report: TuneReport) -> None:
     )
     if infeasible:
         ax.scatter(
-            [r["macs"] / 1e6 for r in infeasible],
+            [report.axis(r["cost"]) for r in infeasible],
             [100 * r["val_top1"] for r in infeasible],
             facecolors="none",
             edgecolors="tab:gray",
@@ -192,7 +214,7 @@ def _front_panel(ax: Any, report: TuneReport) -> None:
         )
     if front:
         ax.step(
-            [r["macs"] / 1e6 for r in front],
+            [report.axis(r["cost"]) for r in front],
             [100 * r["val_top1"] for r in front],
             where="post",
             c="tab:red",
@@ -201,7 +223,7 @@ def _front_panel(ax: Any, report: TuneReport) -> None:
         )
     if report.best is not None:
         ax.scatter(
-            [report.best["macs"] / 1e6],
+            [report.axis(report.best["cost"])],
             [100 * report.best["val_top1"]],
             marker="*",
             s=220,
@@ -211,30 +233,31 @@ def _front_panel(ax: Any, report: TuneReport) -> None:
             label=f"best (trial {report.best['trial']})",
         )
     dense = report.dense
-    if dense.get("macs") is not None and dense.get("val_top1") is not None:
+    if dense.get("cost") is not None and dense.get("val_top1") is not None:
         ax.scatter(
-            [dense["macs"] / 1e6],
+            [report.axis(dense["cost"])],
             [100 * dense["val_top1"]],
             marker="X",
             s=90,
             c="black",
             label="dense",
         )
-    if report.target_macs is not None:
-        ax.axvline(report.target_macs / 1e6, ls="--", c="tab:green", lw=1, label="target")
-    distinct = {r["macs"] for r in done}
+    if report.target is not None:
+        ax.axvline(report.axis(report.target), ls="--", c="tab:green", lw=1, label="target")
+    distinct = {r["cost"] for r in done}
     if len(done) > 1 and len(distinct) == 1:
+        what = "MACs" if not report.is_latency else "predicted"
         ax.annotate(
-            f"all {len(done)} trials exported {format_macs(next(iter(distinct)))} MACs:\n"
+            f"all {len(done)} trials exported {report.describe(next(iter(distinct)))} {what}:\n"
             "the panels on the right show what they explored",
             xy=(0.5, 0.03),
             xycoords="axes fraction",
             ha="center",
             fontsize=8,
         )
-    ax.set_xlabel("MACs (M)")
+    ax.set_xlabel(report.axis_label)
     ax.set_ylabel("val top-1 (%)")
-    ax.set_title("val top-1 vs MACs", fontsize=10)
+    ax.set_title(f"val top-1 vs {'MACs' if not report.is_latency else 'latency'}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
 
@@ -252,18 +275,18 @@ def _param_panel(
         xs = [float(choices.index(str(v))) for v in values]
         ax.set_xticks(range(len(choices)), choices)
     ys = [100 * r["val_top1"] for r in rows]
-    with_macs = [i for i, r in enumerate(rows) if r["macs"] is not None]
-    without = [i for i, r in enumerate(rows) if r["macs"] is None]  # pruned before a decision
+    with_cost = [i for i, r in enumerate(rows) if r["cost"] is not None]
+    without = [i for i, r in enumerate(rows) if r["cost"] is None]  # pruned before a decision
     mapped = None
-    if with_macs:
+    if with_cost:
         mapped = ax.scatter(
-            [xs[i] for i in with_macs],
-            [ys[i] for i in with_macs],
-            c=[rows[i]["macs"] / 1e6 for i in with_macs],
+            [xs[i] for i in with_cost],
+            [ys[i] for i in with_cost],
+            c=[report.axis(rows[i]["cost"]) for i in with_cost],
             cmap="viridis",
             norm=norm,
             marker="o",
-            label="trials (colour: MACs)",
+            label=f"trials (colour: {'MACs' if not report.is_latency else 'latency'})",
         )
     if without:
         ax.scatter(
@@ -319,8 +342,9 @@ def write_results(report: TuneReport) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in report.rows]
     with atomic_path(out / "trials.csv") as temporary, open(temporary, "w", newline="") as handle:
-        columns = ["trial", "state", *report.params, "val_top1", "test_top1", "macs"]
-        columns += ["macs_ratio", "target_error", "feasible", "params_count", "speedup"]
+        columns = ["trial", "state", *report.params, "val_top1", "test_top1", "macs", "cost"]
+        columns += ["measured_ms", "macs_ratio", "target_error", "feasible", "params_count"]
+        columns += ["speedup"]
         columns += ["seconds", "reason", "retry_of", "retried_as", "out"]
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -331,7 +355,9 @@ def write_results(report: TuneReport) -> None:
         "study": report.study,
         "storage": report.storage,
         "mode": "pareto" if report.pareto else "budget",
-        "target_macs": report.target_macs,
+        "unit": report.unit,
+        "target": report.target,
+        "target_macs": None if report.is_latency else report.target,
         "tolerance": report.tolerance,
         "dense": report.dense,
         "best_trial": None if report.best is None else report.best["trial"],
@@ -351,11 +377,14 @@ def summary(report: TuneReport) -> str:
     """The lines the CLI prints after a tune."""
     names = report.params
     header = f"{'trial':>5s} {'state':8s} " + " ".join(f"{n[:12]:>12s}" for n in names)
-    header += f" {'val top-1':>9s} {'test top-1':>10s} {'MACs':>9s} {'vs target':>9s}"
-    header += f" {'params':>9s}"
+    header += f" {'val top-1':>9s} {'test top-1':>10s} {'MACs':>9s}"
+    if report.is_latency:
+        header += f" {'pred ms':>8s} {'meas ms':>8s}"
+    header += f" {'vs target':>9s} {'params':>9s}"
+    what = "MACs" if not report.is_latency else "predicted latency"
     lines = [
         f"study {report.study} ({report.storage}), "
-        + ("Pareto: val top-1 up, MACs down" if report.pareto else "budget mode"),
+        + (f"Pareto: val top-1 up, {what} down" if report.pareto else "budget mode"),
         header,
     ]
     for row in report.rows:
@@ -367,7 +396,10 @@ def summary(report: TuneReport) -> str:
         count = "" if row["params_count"] is None else f"{row['params_count'] / 1e6:.3f}M"
         mark = "*" if report.best is not None and row["trial"] == report.best["trial"] else " "
         line = f"{row['trial']:>4d}{mark} {row['state']:8s} {cells} {val:>9s} {test:>10s}"
-        line += f" {macs:>9s} {error:>9s} {count:>9s}"
+        line += f" {macs:>9s}"
+        if report.is_latency:
+            line += f" {_ms(row['cost'], 1e3):>8s} {_ms(row['measured_ms'], 1):>8s}"
+        line += f" {error:>9s} {count:>9s}"
         if row["reason"]:
             line += f"  {row['reason'][:80]}"
         if row["retried_as"] is not None:
@@ -377,15 +409,24 @@ def summary(report: TuneReport) -> str:
         lines.append(f"Pareto front: trials {', '.join(map(str, report.front)) or '(none)'}")
     best = report.best
     if best is not None:
-        where = f"target {format_macs(report.target_macs)}, " if report.target_macs else ""
+        where = f"target {report.describe(report.target)}, " if report.target else ""
         distance = "" if report.distance is None else f" ({report.distance:+.2%} from the target)"
+        latency = ""
+        if report.is_latency:
+            latency = f", predicted {_ms(best['cost'], 1e3)} ms"
+            if best.get("measured_ms") is not None:
+                latency += f" (measured {_ms(best['measured_ms'], 1)} ms)"
         lines.append(
             f"best: trial {best['trial']}, val top-1 {best['val_top1']:.2%}, test top-1 "
-            f"{best['test_top1']:.2%}, MACs {format_macs(best['macs'])}{distance}; "
+            f"{best['test_top1']:.2%}, MACs {format_macs(best['macs'])}{latency}{distance}; "
             f"{where}model in {report.out / 'model'}"
         )
     lines.extend(f"note: {note}" for note in report.notes)
     return "\n".join(lines)
+
+
+def _ms(value: float | None, scale: float) -> str:
+    return "" if value is None else f"{value * scale:.3g}"
 
 
 def format_value(value: Any) -> str:

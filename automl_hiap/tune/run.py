@@ -1,7 +1,8 @@
 """The entry point: resolve a command's tune settings, open the study, run its trials, report.
 
 Settings are checked before any compute (the tuned ranges, the pruner against the mode, the
-storage against ``--workers``). The model, space and MACs target come from
+storage against ``--workers``, a tuned budget against the smallest subnet). The model, space,
+cost model (MACs or a device's latency) and target come from
 :func:`automl_hiap.plan.resolve`, like a plain search's. A command started again resumes the
 study: its file is checked first (:mod:`~automl_hiap.tune.integrity`), lost trials are retried
 (:func:`~automl_hiap.tune.storage.sweep`), then the study is filled up to ``tune.trials``; the
@@ -20,13 +21,15 @@ import optuna
 from automl_hiap import plugins
 from automl_hiap.budget import Budget
 from automl_hiap.config import SearchConfig, TuneConfig
+from automl_hiap.cost_model import subnet_total
 from automl_hiap.distributed import init_distributed, is_distributed, is_main_process
 from automl_hiap.errors import ConfigError, UserError
 from automl_hiap.plan import effective_config, resolve
+from automl_hiap.subnet import Subnet
 from automl_hiap.tune.dense import dense_folder, study_dense
 from automl_hiap.tune.integrity import check_study_file
 from automl_hiap.tune.objective import broadcast
-from automl_hiap.tune.params import check_params
+from automl_hiap.tune.params import check_budget_floor, check_params
 from automl_hiap.tune.results import (
     TuneReport,
     choose_best,
@@ -88,7 +91,9 @@ def run_tune(
         )
 
     run = resolve(config, check_budget=False)
-    space, dense, target = run.space, run.dense.macs, run.target
+    space, target = run.space, run.target
+    dense_cost = subnet_total(run.cost, space, Subnet.dense(space))
+    check_budget_floor(settings, strategy_cls, space, run.cost, dense_cost, source)
 
     storage_spec = settings.storage or default_storage(out, settings.workers)
     if settings.workers > 1 and is_sqlite(storage_spec):
@@ -106,7 +111,9 @@ def run_tune(
         storage=storage_spec,
         study=settings.study or default_study_name(config, settings.pareto),
         space=space,
-        dense_macs=dense,
+        dense_macs=run.dense.macs,
+        cost=run.cost,
+        dense_cost=dense_cost,
         target=target,
         hooks=hooks or TuneHooks(),
         progress=progress and settings.workers == 1,
@@ -162,14 +169,15 @@ def _report(plan: StudyPlan, study: optuna.Study, notes: list[str]) -> TuneRepor
         study=plan.study,
         storage=display_storage(plan.storage),
         pareto=plan.tune.pareto,
-        target_macs=plan.target,
+        target=plan.target,
         tolerance=plan.tune.tolerance,
         params=params,
         rows=rows,
         front=[r["trial"] for r in pareto_front(rows)],
         best=best,
-        dense=dense or {"macs": plan.dense_macs},
+        dense=dense or {"macs": plan.dense_macs, "cost": plan.dense_cost},
         notes=[*notes, *why],
+        unit=plan.cost.unit,
     )
     plan.out.mkdir(parents=True, exist_ok=True)
     if best is not None:

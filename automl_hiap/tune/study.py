@@ -26,6 +26,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from automl_hiap.config import SearchConfig, TuneConfig
+from automl_hiap.cost_model import CostModel
 from automl_hiap.errors import ConfigError
 from automl_hiap.outcome import SearchReport
 from automl_hiap.space import SearchSpace
@@ -81,7 +82,9 @@ class StudyPlan:
     study: str
     space: SearchSpace
     dense_macs: float
-    target: float | None
+    cost: CostModel  # what the constraint and the front count: MACs, or predicted seconds
+    dense_cost: float  # the dense model in ``cost``'s unit
+    target: float | None  # in ``cost``'s unit
     hooks: TuneHooks
     progress: bool
 
@@ -92,14 +95,22 @@ def default_study_name(config: SearchConfig, pareto: bool) -> str:
 
 
 def _setup_record(plan: StudyPlan) -> dict[str, Any]:
-    """What a resumed study must share with this command (a mismatch is an error)."""
-    return {
+    """What a resumed study must share with this command (a mismatch is an error). A latency
+    study also keeps where its latency holds (a MACs study's record is as it always was)."""
+    macs = plan.cost.unit == "MACs"
+    record: dict[str, Any] = {
         "model": plan.config.model.name,
         "strategy": plan.config.strategy.name,
         "pareto": plan.tune.pareto,
-        "target_macs": plan.target,
+        "target_macs": plan.target if macs else None,
         "tolerance": plan.tune.tolerance,
     }
+    budget = plan.config.budget
+    if not macs and budget is not None and budget.latency is not None:
+        settings = budget.latency
+        record["target_s"] = plan.target
+        record["latency"] = f"batch {settings.batch}, {settings.threads} threads, {settings.dtype}"
+    return record
 
 
 def open_study(plan: StudyPlan, storage: BaseStorage) -> optuna.Study:

@@ -135,9 +135,11 @@ class TrackingHooks(TuneHooks):
         }
         best = report.best
         if best is not None:
-            for key in ("val_top1", "test_top1", "macs", "target_error"):
+            for key in ("val_top1", "test_top1", "macs", "target_error", "measured_ms"):
                 if best.get(key) is not None:
                     metrics[f"best_{key}"] = best[key]
+            if report.is_latency:
+                metrics["best_predicted_ms"] = best["cost"] * 1e3
             run.set_tags({f"{TAG}best_trial": best["trial"]})
         run.log_metrics(metrics, step=len(report.rows))
         if best is not None and self.tracker.register_name is not None:

@@ -119,6 +119,9 @@ def trial_line(trial: FrozenTrial) -> str:
         parts.append(f"val top-1 {result['val_top1']:.2%}")
     if result.get("macs") is not None:
         parts.append(f"MACs {format_macs(result['macs'])}")
+    if result.get("measured_ms") is not None:  # a latency budget: its cost is predicted seconds
+        predicted, measured = result["cost"] * 1e3, result["measured_ms"]
+        parts.append(f"{predicted:.3g} ms predicted, {measured:.3g} measured")
     if result.get("target_error") is not None:
         parts.append(f"{result['target_error']:+.1%} vs target")
     params = ", ".join(f"{k}={format_value(v)}" for k, v in trial.params.items())
