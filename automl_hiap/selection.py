@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar, overload
 
@@ -183,32 +183,34 @@ def _step(
         values = getattr(scores, family)
         if key not in layer.heads or values is None or not space.searches(unit):
             return None
-        fewer = _next_count(space, len(dims), space.min_dims(index), allow_zero=False)
+        fewer = _counts_below(space, len(dims), space.min_dims(index), allow_zero=False)
         return _shrink(layer, dims, fewer, values[key])
     if family == "neurons":
         if not layer.neurons:
             return None
         branch = space.searches(Unit.FFN_BLOCK) and (scores.neuron, scores.ffn) != (None, None)
-        new: int | None = 0 if branch else None
+        counts: Iterable[int] = [0] if branch else []
         if space.searches(Unit.NEURON) and scores.neuron is not None:
-            new = _next_count(space, len(layer.neurons), space.min_neurons(index), branch)
-        return _shrink(layer, layer.neurons, new, scores.neuron, scores.ffn if new == 0 else None)
+            counts = _counts_below(space, len(layer.neurons), space.min_neurons(index), branch)
+        return _shrink(layer, layer.neurons, counts, scores.neuron, scores.ffn)
     if family == "heads":
         if not layer.heads:
             return None
         minimum = min(space.min_heads, shape.num_heads)
-        if space.searches(Unit.HEAD) and scores.head is not None and len(layer.heads) > minimum:
-            return _drop_heads(layer, [layer.heads[-1]], scores)
+        drops: list[tuple[list[int], bool]] = []  # (heads dropped, the whole branch?)
+        if space.searches(Unit.HEAD) and scores.head is not None:  # the least important first
+            kept = range(len(layer.heads) - 1, minimum - 1, -1)
+            drops += [(layer.heads[n:], False) for n in kept]
         if space.searches(Unit.ATTN_BLOCK) and (scores.head, scores.attn) != (None, None):
-            return _drop_heads(layer, list(layer.heads), scores, branch=True)
-        return None
+            drops.append((list(layer.heads), True))
+        return _drop_heads(layer, drops, scores)
     kept = getattr(layer, family)  # attn_in / mlp_in
     unit = Unit.ATTN_IN if family == "attn_in" else Unit.MLP_IN
     values = getattr(scores, family)
     if not space.searches(unit) or values is None:
         return None
     fewest = space.allowed_kept(1, shape.embed_dim, rounding="up")  # one step of round_to
-    return _shrink(layer, kept, _next_count(space, len(kept), fewest, False), values)
+    return _shrink(layer, kept, _counts_below(space, len(kept), fewest, False), values)
 
 
 def _next_count(space: SearchSpace, count: int, minimum: int, allow_zero: bool) -> int | None:
@@ -220,6 +222,15 @@ def _next_count(space: SearchSpace, count: int, minimum: int, allow_zero: bool) 
     return 0 if allow_zero and count > 0 else None
 
 
+def _counts_below(space: SearchSpace, count: int, minimum: int, allow_zero: bool) -> Iterator[int]:
+    """Every allowed kept count below ``count``, largest first (0 last, if allowed)."""
+    while (smaller := _next_count(space, count, minimum, allow_zero)) is not None:
+        yield smaller
+        if smaller == 0:
+            return
+        count = smaller
+
+
 def _cost_of(values: torch.Tensor | None, removed: list[int]) -> float:
     if values is None:
         return 0.0
@@ -229,43 +240,47 @@ def _cost_of(values: torch.Tensor | None, removed: list[int]) -> float:
 def _shrink(
     layer: _Layer,
     kept: list[int],
-    new: int | None,
+    counts: Iterable[int],
     values: torch.Tensor | None,
     branch_score: torch.Tensor | None = None,
 ) -> _Step | None:
-    if new is None or new >= len(kept):
-        return None
-    removed = kept[new:]
-    before = layer.cost()
-    saved_kept = kept[:]
-    del kept[new:]
-    saved = before - layer.cost()
-    kept[:] = saved_kept
-    if saved <= 0:
-        return None
-    lost = _cost_of(values, removed) + (0.0 if branch_score is None else float(branch_score))
-
-    def apply() -> None:
+    """The step to the first of ``counts`` (largest first) that saves cost. Under a measured
+    latency a step can save nothing (a slow width, a flat stretch of the table): the step then
+    spans it, so one such point can neither stop a group shrinking nor keep its branch alive."""
+    before, full = layer.cost(), kept[:]
+    for new in counts:
         del kept[new:]
+        saved = before - layer.cost()
+        kept[:] = full
+        if saved > 0:
+            branch = 0.0 if branch_score is None or new else float(branch_score)
+            lost = _cost_of(values, full[new:]) + branch
 
-    return max(lost, 0.0) / saved, apply
+            def apply(new: int = new) -> None:
+                del kept[new:]
+
+            return max(lost, 0.0) / saved, apply
+    return None
 
 
 def _drop_heads(
-    layer: _Layer, heads: list[int], scores: BlockKeep, branch: bool = False
+    layer: _Layer, drops: Sequence[tuple[list[int], bool]], scores: BlockKeep
 ) -> _Step | None:
-    kept = [h for h in layer.heads if h not in heads]
-    saved = layer.cost() - layer.cost(kept)
-    if saved <= 0:
-        return None
-    lost = _cost_of(scores.head, heads) + (
-        float(scores.attn) if branch and scores.attn is not None else 0.0
-    )
+    """The first of ``drops`` (fewest heads first; ``True``: the whole branch) that saves cost
+    (see :func:`_shrink`)."""
+    before = layer.cost()
+    for heads, branch in drops:
+        kept = [h for h in layer.heads if h not in heads]
+        saved = before - layer.cost(kept)
+        if saved > 0:
+            attn = float(scores.attn) if branch and scores.attn is not None else 0.0
+            lost = _cost_of(scores.head, heads) + attn
 
-    def apply() -> None:
-        layer.heads[:] = kept
+            def apply(kept: list[int] = kept) -> None:
+                layer.heads[:] = kept
 
-    return max(lost, 0.0) / saved, apply
+            return max(lost, 0.0) / saved, apply
+    return None
 
 
 def _to_layer_keep(layer: _Layer) -> LayerKeep:
