@@ -350,9 +350,15 @@ def cmd_profile(args: argparse.Namespace) -> None:
     table.write(args.out)
     predicted = LatencyModel(table, space).predict(space, Subnet.dense(space)) * 1e3
     low, high = table.dense_iqr_ms
+    fit = ", ".join(
+        f"{table.fixed_ms + table.in_model * alone:.3g}/{measured:.3g}"
+        for alone, measured in table.calibration
+    )
     print(
         f"wrote {args.out}: fixed part {table.fixed_ms:.3g} ms; dense model predicted "
-        f"{predicted:.3g} ms, measured {table.dense_ms:.3g} ms (IQR {low:.3g}–{high:.3g})"
+        f"{predicted:.3g} ms, measured {table.dense_ms:.3g} ms (IQR {low:.3g}–{high:.3g}); "
+        f"in-model factor {table.in_model:.3g} fitted on the dense model and "
+        f"{len(table.calibration) - 1} random subnets (predicted/measured ms: {fit})"
     )
     where = f"batch: {args.batch}"  # the settings the table is keyed by, so a search matches
     where += "" if args.threads is None else f", threads: {args.threads}"

@@ -14,8 +14,10 @@ threads and dtype of the budget:
 Every point is timed with warm-up and interleaved repeats (``measure``); the median is kept.
 A branch repeated alone in a loop runs faster than the same branch inside a model's forward
 pass (its caches stay warm; nothing runs between): the table keeps one factor, ``in_model``,
-the dense model's measured time in its blocks over the sum of its branches timed alone, and
-the prediction scales every block by it.
+that scales every block. It is fitted (least squares through the origin) on whole models timed
+the way an exported model is, by themselves and interleaved with each other rather than with
+the pieces: the dense model and two random subnets, one narrow and one wide, so one noisy
+timing of one model does not set the scale of every prediction.
 Between grid points a branch is interpolated multilinearly, so only the measured widths can
 show up as slow; ``points`` sets how many. A table is valid only where it was measured: it is
 keyed by device, torch version, threads, dtype, batch and tokens (:class:`DeviceKey`).
@@ -43,9 +45,12 @@ from automl_hiap.errors import UserError
 from automl_hiap.measure import Spread, time_calls
 from automl_hiap.placement import Placement
 from automl_hiap.pruned_vit import HeadGroup, PrunedAttention, PrunedBlock, PrunedMlp
+from automl_hiap.slicing import build_blocks
 from automl_hiap.space import LayerShape, SearchSpace, Unit
+from automl_hiap.subnet import Subnet, random_subnet
 
-FORMAT = 2  # of the table file (2: the in-model factor)
+FORMAT = 3  # of the table file (2: the in-model factor; 3: fitted on several whole models)
+CALIBRATION_KEEPS = ((0.3, 0.6), (0.6, 0.9))  # keep-fraction ranges of the random subnets
 
 
 @dataclass(frozen=True)
@@ -117,9 +122,11 @@ class LatencyTable:
     dense_ms: float  # the whole dense model, measured next to the pieces (a check of the fit)
     dense_iqr_ms: tuple[float, float]
     load_average: float | None
-    # the dense model's blocks, timed in the whole model, over the sum of their branches timed
-    # alone: a branch repeated in a loop by itself runs faster than in a model's forward pass
+    # whole models' time in their blocks over the sum of their branches timed alone (fitted):
+    # a branch repeated in a loop by itself runs faster than in a model's forward pass
     in_model: float = 1.0
+    # the fit's points: (blocks' branches timed alone, whole model measured) in ms per model
+    calibration: tuple[tuple[float, float], ...] = ()
 
     def block_of(self, shape: LayerShape) -> BlockTable:
         wanted = block_shape(shape)
@@ -134,7 +141,10 @@ class LatencyTable:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LatencyTable:
         if data.get("format") != FORMAT:
-            raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
+            raise ValueError(
+                f"format {data.get('format')!r}, expected {FORMAT}: written by another version, "
+                "run automl_hiap profile again"
+            )
         blocks = tuple(
             BlockTable(
                 shape=tuple(b["shape"]),
@@ -158,6 +168,7 @@ class LatencyTable:
             dense_iqr_ms=tuple(data["dense_iqr_ms"]),
             load_average=data.get("load_average"),
             in_model=float(data["in_model"]),
+            calibration=tuple((float(a), float(m)) for a, m in data["calibration"]),
         )
 
     def write(self, path: str | Path) -> None:
@@ -279,7 +290,14 @@ def profile(
                 f"{key.threads} threads, batch {key.batch}, {key.dtype}"
             )
         timed = time_calls(calls, where, settings.batch, repeats, 1, min_seconds)
-    ms = {name: timed.latency_ms(name).median for name in calls}
+        subnets = {"dense": Subnet.dense(space)}
+        generator = torch.Generator().manual_seed(0)
+        for i, (low, high) in enumerate(CALIBRATION_KEEPS):
+            subnets[f"subnet{i}"] = random_subnet(space, generator, low, high)
+        wholes = {name: _timing_model(stem, model, s, dtype) for name, s in subnets.items()}
+        calls = {name: (lambda w: lambda: w(images))(m) for name, m in wholes.items()}
+        models = time_calls(calls, where, settings.batch, repeats, 1, min_seconds)
+    ms = {name: timed.latency_ms(name).median for name in timed.seconds}
     blocks = []
     for shape_key, (heads, qk, v, ffn) in plans.items():
         tag = "x".join(map(str, shape_key))
@@ -291,7 +309,7 @@ def profile(
         group = 0.0 if None in split else max(0.0, split[0] - split[1])  # type: ignore[operator]
         mlp = tuple(ms[f"{tag}/ffn/{w}"] if w else 0.0 for w in ffn)
         blocks.append(BlockTable(shape_key, heads, qk, v, attn, group, ffn, mlp))
-    dense = timed.latency_ms("dense")
+    dense = models.latency_ms("dense")
     table = LatencyTable(
         key=key,
         fixed_ms=ms["fixed"],
@@ -300,14 +318,23 @@ def profile(
         dense_iqr_ms=(dense.low, dense.high),
         load_average=timed.load_average,
     )
-    alone = 0.0  # the dense blocks' branches as timed alone
-    for shape in space.layers:
-        piece = table.block_of(shape)
-        alone += piece.attention(shape.num_heads, shape.head_dim, shape.head_dim)
-        alone += piece.mlp(shape.mlp_hidden)
-    if alone <= 0 or dense.median <= table.fixed_ms:
-        return table
-    return dataclasses.replace(table, in_model=(dense.median - table.fixed_ms) / alone)
+    from automl_hiap.latency import LatencyModel  # it predicts from this module's tables
+
+    unscaled = LatencyModel(table, space)  # in_model 1: the branches as timed alone
+    fit = tuple(
+        (unscaled.predict(space, s) * 1e3 - table.fixed_ms, models.latency_ms(name).median)
+        for name, s in subnets.items()
+    )
+    alone = sum(a * a for a, _ in fit)
+    fitted = sum(a * (m - table.fixed_ms) for a, m in fit) / alone if alone > 0 else 1.0
+    return dataclasses.replace(table, in_model=max(fitted, 1e-3), calibration=fit)
+
+
+def _timing_model(stem: nn.Module, model: nn.Module, subnet: Subnet, dtype: torch.dtype) -> Any:
+    """``model``'s architecture shaped by ``subnet`` (fresh weights: timing ignores them)."""
+    whole = copy.deepcopy(stem)
+    whole.blocks = nn.Sequential(*build_blocks(model, subnet))
+    return whole.to(dtype).eval()
 
 
 def _branch_calls(

@@ -2,7 +2,8 @@
 
 For each space and batch size: profile the machine (``automl_hiap.latency_table.profile``), draw
 random subnets (random unit scores, selected by the core to a random share of the MACs),
-slice them, time them all in one interleaved measurement, and compare with the prediction.
+slice them, time them all in one interleaved measurement (the dense model too, so its row is
+timed like the subnets, not taken from the profile), and compare with the prediction.
 Landing: the core's selection (the path of magnitude and posttrain) to a latency target in
 the middle of the reachable range, sliced and measured. Random weights: timing does not
 depend on them. The load average is recorded next to every figure (a shared machine is noisy).
@@ -85,6 +86,7 @@ def run_case(space_file: str, batch: int, args: argparse.Namespace) -> dict[str,
             for i, s in enumerate(subnets)
         }
         models["landed"] = slice_subnet(model, landed, config_spec(config)).eval()
+        models["dense"] = slice_subnet(model, Subnet.dense(space), config_spec(config)).eval()
         calls = {name: bound(m, x) for name, m in models.items()}
         timed = time_calls(calls, Placement(torch.device("cpu")), batch, args.repeats, 1, 0.05)
     rows: list[dict[str, Any]] = []
@@ -99,7 +101,7 @@ def run_case(space_file: str, batch: int, args: argparse.Namespace) -> dict[str,
                 "error": abs(predicted - measured.median) / measured.median,
             }
         )
-    land = timed.latency_ms("landed")
+    land, dense = timed.latency_ms("landed"), timed.latency_ms("dense")
     return {
         "space": space_file,
         "model": config.model.name,
@@ -110,7 +112,9 @@ def run_case(space_file: str, batch: int, args: argparse.Namespace) -> dict[str,
         "profile_seconds": profile_s,
         "load_average": [load_before, timed.load_average, load_average()],
         "dense_predicted_ms": dense_s * 1e3,
-        "dense_measured_ms": table.dense_ms,
+        "dense_measured_ms": dense.median,  # with the subnets, not the profile's
+        "dense_profiled_ms": table.dense_ms,
+        "in_model": table.in_model,
         "median_error": statistics.median(r["error"] for r in rows),
         "subnets": rows,
         "landing": {

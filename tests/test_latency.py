@@ -4,6 +4,7 @@ with repeats and spreads. Tables are synthetic, so the logic is tested determini
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,7 +17,7 @@ from automl_hiap.errors import UserError
 from automl_hiap.latency import LatencyModel, latency_target, load_table
 from automl_hiap.latency_table import BlockTable, DeviceKey, LatencyTable, profile
 from automl_hiap.measure import Measurement, Spread, measure
-from automl_hiap.selection import select_to_budget
+from automl_hiap.selection import cheapest, select_to_budget
 from automl_hiap.space import BlockKeep, Constraints, SearchSpace, Unit
 from automl_hiap.subnet import Subnet
 from automl_hiap.testing import TINY
@@ -131,6 +132,10 @@ def test_a_table_from_another_machine_setting_is_refused_naming_it(
     (tmp_path / "junk.json").write_text("{")
     with pytest.raises(UserError, match=r"junk\.json: cannot read it"):
         load_table(Latency(table=str(tmp_path / "junk.json")), space, None, 16)
+    older = {**table.to_json(), "format": 2}  # one in-model factor from the dense model alone
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    with pytest.raises(UserError, match=r"old\.json: .*format 2, expected 3.*profile again"):
+        load_table(Latency(table=str(tmp_path / "old.json")), space, None, 16)
 
 
 def test_a_target_outside_the_reachable_range_is_refused_with_the_range(
@@ -160,6 +165,25 @@ def test_the_selection_trades_per_millisecond_and_avoids_a_slow_width() -> None:
     dense_macs = float(total_cost(MACS, widths_only, widths_only.dense_keep()))
     by_macs = select_to_budget(widths_only, scores, 0.7 * dense_macs)
     assert any(len(layer.neurons) < 48 for layer in by_macs.layers)
+
+
+def test_a_flat_stretch_of_the_table_does_not_keep_a_branch_alive() -> None:
+    """A measured table is noisy: 48 and 72 neurons timed alike. The greedy must step over the
+    flat stretch, not stop at 72 for good and never reach the branch's removal."""
+    with torch.device("meta"):
+        model = TINY.create()
+    units = [Unit.FFN_BLOCK, Unit.NEURON]
+    widths = SearchSpace.from_model(model, units, Constraints(round_to=2))
+    latency = LatencyModel(synthetic_table(widths, (0.0, 3.0, 3.0, 3.0, 4.0)), widths)
+    fastest = cheapest(widths, latency)
+    assert all(not layer.has_mlp for layer in fastest.layers)  # every FFN branch removed
+    scores = [
+        BlockKeep(neuron=torch.linspace(0.01, 1, 96), ffn=torch.tensor(50.0))
+        for _ in range(widths.depth)
+    ]
+    dense = latency.predict(widths, Subnet.dense(widths))
+    subnet = select_to_budget(widths, scores, 0.6 * dense, cost=latency)  # needs FFNs gone
+    assert latency.predict(widths, subnet) <= 0.6 * dense
 
 
 def test_hiap_expected_latency_is_differentiable_in_the_keep_probabilities(
@@ -221,9 +245,16 @@ def test_a_profile_of_a_tiny_vit_fills_its_grid(space: SearchSpace) -> None:
     assert all(ms > 0 for plane in block.attn_ms[1:] for row in plane for ms in row)
     assert table.fixed_ms > 0 and table.dense_ms > table.fixed_ms
     assert table.key.threads == 1 and table.key.tokens == space.tokens
-    # the branches, timed alone, are scaled to what the whole dense model measured
+    # the branches, timed alone, are scaled by a factor fitted on three whole models (least
+    # squares through the origin): the dense one and a narrow and a wide random subnet
+    (dense_alone, dense_ms), *subnets = table.calibration
+    assert dense_ms == table.dense_ms and len(subnets) == 2
+    assert all(alone > 0 and alone != dense_alone for alone, _ in subnets)  # other shapes
+    fit = table.calibration
+    slope = sum(a * (m - table.fixed_ms) for a, m in fit) / sum(a * a for a, _ in fit)
+    assert table.in_model == pytest.approx(slope)
     dense = LatencyModel(table, space).predict(space, Subnet.dense(space))
-    assert table.in_model > 0 and dense * 1e3 == pytest.approx(table.dense_ms)
+    assert dense * 1e3 == pytest.approx(table.fixed_ms + slope * dense_alone)
     assert LatencyTable.from_json(table.to_json()) == table
 
 
