@@ -31,7 +31,7 @@ import copy
 import dataclasses
 import json
 import platform
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -387,13 +387,15 @@ def _branch_calls(
             calls[f"{tag}/ffn/{w}"] = (lambda b: lambda: b(x))(branch)
 
 
-def measure_latency(model: nn.Module, key: DeviceKey, image_size: int, repeats: int = 7) -> Spread:
-    """Milliseconds per forward pass of ``model`` where a table's key says (CPU)."""
+def measure_latency(
+    models: Mapping[str, nn.Module], key: DeviceKey, image_size: int, repeats: int = 7
+) -> dict[str, Spread]:
+    """Milliseconds per forward pass of each model where a table's key says (CPU), timed in
+    one interleaved run: a machine whose speed drifts between minutes slows them all alike."""
     dtype = getattr(torch, key.dtype)
     with threads(key.threads), torch.inference_mode():
-        run = copy.deepcopy(model).cpu().to(dtype).eval()
+        runs = {name: copy.deepcopy(m).cpu().to(dtype).eval() for name, m in models.items()}
         x = torch.randn(key.batch, 3, image_size, image_size, dtype=dtype)
-        timed = time_calls(
-            {"model": lambda: run(x)}, Placement(torch.device("cpu")), key.batch, repeats
-        )
-    return timed.latency_ms("model")
+        calls = {name: (lambda r: lambda: r(x))(run) for name, run in runs.items()}
+        timed = time_calls(calls, Placement(torch.device("cpu")), key.batch, repeats)
+    return {name: timed.latency_ms(name) for name in models}

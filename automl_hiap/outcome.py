@@ -67,6 +67,11 @@ class SearchMetrics:
         if t.get("measured_ms") is not None:
             low, high = t["measured_iqr_ms"]
             line += f", measured {t['measured_ms']:.3g} ms (IQR {low:.3g}–{high:.3g})"
+        if t.get("dense_measured_ms") is not None:  # the machine's drift since profiling
+            line += (
+                f"; dense in the same run: predicted {t['dense_predicted_ms']:.3g} ms, "
+                f"measured {t['dense_measured_ms']:.3g} ms"
+            )
         return [line]
 
     @classmethod

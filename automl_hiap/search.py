@@ -191,7 +191,9 @@ def run_search(
             placement=trainer.placement,
         )
         say.info(speed_line(timed))
-    latency = latency_record(plan.cost, space, subnet, pruned, target, config.data.image_size)
+    latency = latency_record(
+        plan.cost, space, subnet, {"pruned": pruned, "dense": dense_model}, target, config
+    )
     if latency is not None:
         say.info(SearchMetrics.latency_lines_of(latency)[0])
     dense_speed = pruned_speed = speedup = None
@@ -260,25 +262,30 @@ def latency_record(
     cost: CostModel,
     space: SearchSpace,
     subnet: Subnet,
-    pruned: nn.Module,
+    models: dict[str, nn.Module],
     target: float | None,
-    image_size: int,
+    config: SearchConfig,
 ) -> dict[str, Any] | None:
     """For a latency budget: the exported model's predicted latency and its measured one
-    (median and interquartile range), where the table was measured (batch, threads, dtype)."""
+    (median and interquartile range), where the table was measured (batch, threads, dtype).
+    The dense model is timed in the same run: when the machine runs faster or slower than
+    when it was profiled, its dense figures show by how much."""
     from automl_hiap.latency import LatencyModel
     from automl_hiap.latency_table import measure_latency
 
     if not isinstance(cost, LatencyModel) or target is None:
         return None
     key = cost.table.key
-    measured = measure_latency(pruned, key, image_size)
+    measured = measure_latency(models, key, config.data.image_size)
+    pruned, dense = measured["pruned"], measured["dense"]
     return {
         "target_ms": target * 1e3,
         "predicted_ms": cost.predict(space, subnet) * 1e3,
-        "measured_ms": measured.median,
-        "measured_iqr_ms": [measured.low, measured.high],
-        "repeats": measured.repeats,
+        "measured_ms": pruned.median,
+        "measured_iqr_ms": [pruned.low, pruned.high],
+        "dense_predicted_ms": cost.predict(space, Subnet.dense(space)) * 1e3,
+        "dense_measured_ms": dense.median,
+        "repeats": pruned.repeats,
         "batch": key.batch,
         "threads": key.threads,
         "dtype": key.dtype,

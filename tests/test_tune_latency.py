@@ -80,6 +80,9 @@ def test_a_latency_budget_is_the_constraint_of_a_tune(tmp_path: Path, fast, tabl
     metrics = json.loads((out / "metrics.json").read_text())  # the best trial's export
     best = next(r for r in rows if r["trial"] == summary["best_trial"])
     assert metrics["latency"]["predicted_ms"] == pytest.approx(best["cost"] * 1e3)
+    dense = model.predict(space, Subnet.dense(space))  # timed beside it: the machine's drift
+    assert metrics["latency"]["dense_predicted_ms"] == pytest.approx(dense * 1e3)
+    assert metrics["latency"]["dense_measured_ms"] > 0
 
 
 def test_pareto_trades_top1_against_predicted_latency(tmp_path: Path, fast, table: Path) -> None:
