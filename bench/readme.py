@@ -566,14 +566,80 @@ def render_latency_table(results: Path) -> str:
             str(r["threads"]),
             str(len(r["subnets"])),
             share(r["median_error"]),
+            share(r["median_error_vs_dense"]),
+            f"{r['dense_predicted_ms']:.3g} / {r['dense_measured_ms']:.3g} ms",
             f"{r['landing']['target_ms']:.3g} ms",
             f"{r['landing']['measured_ms']:.3g} ms ({signed_pct(r['landing']['off_target'], 1)})",
+            signed_pct(r["landing"]["off_target_vs_dense"], 1),
             span(r["load_average"], "{:.1f}"),
         ]
         for r in rows
     ]
     header = ["model", "batch", "threads", "random subnets", "median prediction error"]
-    header += ["landing target", "measured", "load average"]
+    header += ["vs dense", "dense predicted / measured", "landing target", "measured"]
+    header += ["vs dense", "load average"]
+    return table(header, ["l"] + ["r"] * 10, body)
+
+
+def _mean_sd_of(values: list[float | None], scale: float = 100, digits: int = 1) -> str:
+    """``mean ± sd`` of the known values; ``—`` when none is."""
+    known = [scale * v for v in values if v is not None]
+    if not known:
+        return "—"
+    sd = statistics.stdev(known) if len(known) > 1 else 0.0
+    shown = f"{statistics.fmean(known):.{digits}f} ± {sd:.{digits}f}".replace("-", "−")
+    return shown if len(known) == len(values) else f"{shown} ({len(known)}/{len(values)})"
+
+
+def render_latency_worth(results: Path) -> str:
+    """Latency- vs MACs-targeted selection vs Torch-Pruning at equal measured latency."""
+    comparisons = load(results, "latency_worth.json")["comparisons"]
+    body = []
+    for fraction in dict.fromkeys(c["target_fraction"] for c in comparisons):
+        cs = [c for c in comparisons if c["target_fraction"] == fraction]
+
+        def get(key: str, cs: list[dict[str, Any]] = cs) -> list[Any]:
+            return [c[key] for c in cs]
+
+        bounds = sorted({c["tp_reach"] for c in cs} - {"exact"})
+        body.append(
+            [
+                share(fraction, 0),
+                _mean_sd_of(get("measured_ms"), 1, 2) + " ms",
+                _mean_sd_of(get("top1")),
+                _mean_sd_of(get("macs_top1_at_latency")),
+                _mean_sd_of(get("gain_over_macs"), 100, 2),
+                _mean_sd_of(get("tp_top1_at_latency")),
+                _mean_sd_of(get("speedup_over_tp"), 1, 2)
+                + "×"
+                + (f" ({', '.join(bounds)})" if bounds else ""),
+                _mean_sd_of(get("landing_vs_dense")) + " %",
+            ]
+        )
+    header = ["target (of dense)", "measured", "top-1 latency-targeted", "top-1 MACs-targeted"]
+    header += ["gain (points)", "Torch-Pruning top-1", "speed-up over TP at equal top-1"]
+    header += ["landing vs dense"]
+    return table(header, ["r"] * 8, body)
+
+
+def render_latency_landing(results: Path) -> str:
+    """Full searches to one latency target: predicted and measured latency per strategy."""
+    rows = load(results, "latency_landing.json")["rows"]
+    body = [
+        [
+            r["strategy"],
+            f"{r['target_ms']:.3g} ms",
+            f"{r['predicted_ms']:.3g} ms",
+            f"{r['measured_ms']:.3g} ms ({span(r['measured_iqr_ms'], '{:.3g}')})",
+            signed_pct(r["off_target"], 1),
+            f"{r['dense_predicted_ms']:.3g} / {r['dense_measured_ms']:.3g} ms",
+            signed_pct(r["off_target_vs_dense"], 1),
+            share(r["macs_ratio"]),
+        ]
+        for r in rows
+    ]
+    header = ["strategy", "target", "predicted", "measured (IQR)", "measured vs target"]
+    header += ["dense predicted / measured", "vs dense", "of dense MACs"]
     return table(header, ["l"] + ["r"] * 7, body)
 
 
@@ -590,6 +656,8 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "export-speed-notes": render_export_notes,
     "selection-table": render_selection_table,
     "latency-table": render_latency_table,
+    "latency-worth": render_latency_worth,
+    "latency-landing": render_latency_landing,
     "posttrain-equal-time": render_posttrain_equal_time,
 }
 
