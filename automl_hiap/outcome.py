@@ -15,6 +15,8 @@ from typing import Any
 from automl_hiap.atomic import write_json
 from automl_hiap.subnet import Subnet
 
+DRIFT_WARNING = 0.1  # dense measured vs predicted: beyond this the summary says so
+
 
 @dataclass(frozen=True)
 class ModelMetrics:
@@ -67,12 +69,22 @@ class SearchMetrics:
         if t.get("measured_ms") is not None:
             low, high = t["measured_iqr_ms"]
             line += f", measured {t['measured_ms']:.3g} ms (IQR {low:.3g}–{high:.3g})"
+        lines = [line]
         if t.get("dense_measured_ms") is not None:  # the machine's drift since profiling
-            line += (
+            drift = t["dense_measured_ms"] / t["dense_predicted_ms"] - 1
+            lines[0] += (
                 f"; dense in the same run: predicted {t['dense_predicted_ms']:.3g} ms, "
                 f"measured {t['dense_measured_ms']:.3g} ms"
             )
-        return [line]
+            if abs(drift) > DRIFT_WARNING:
+                lines.append(
+                    f"note: the dense model ran {abs(drift):.0%} "
+                    f"{'slower' if drift > 0 else 'faster'} than the latency table predicts: "
+                    "the machine's speed changed since it was profiled (a shared or throttled "
+                    "machine), so every measured figure is off by about as much; profile it "
+                    "again when it is quiet (automl_hiap profile)"
+                )
+        return lines
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SearchMetrics:

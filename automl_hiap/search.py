@@ -195,7 +195,8 @@ def run_search(
         plan.cost, space, subnet, {"pruned": pruned, "dense": dense_model}, target, config
     )
     if latency is not None:
-        say.info(SearchMetrics.latency_lines_of(latency)[0])
+        for line in SearchMetrics.latency_lines_of(latency):
+            say.info(line)
     dense_speed = pruned_speed = speedup = None
     if timed is not None:
         dense_speed, pruned_speed = timed.images_per_s("dense"), timed.images_per_s("pruned")

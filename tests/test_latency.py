@@ -279,3 +279,23 @@ def test_registry_tags_carry_the_spread_of_the_speedup() -> None:
     assert tags["speedup"] == "1.3000" and tags["speedup_iqr"] == "1.2500-1.3600"
     assert tags["speedup_repeats"] == "7"
     assert budget_alias(parse_budget("8ms")) == "latency-8ms"
+
+
+def test_the_summary_says_when_the_machine_drifted_since_profiling() -> None:
+    from automl_hiap.outcome import SearchMetrics
+
+    record = {
+        "batch": 1,
+        "threads": 1,
+        "target_ms": 5.0,
+        "predicted_ms": 4.9,
+        "measured_ms": 6.3,
+        "measured_iqr_ms": [6.2, 6.4],
+        "dense_predicted_ms": 10.0,
+        "dense_measured_ms": 13.0,
+    }
+    first, note = SearchMetrics.latency_lines_of(record)
+    assert "dense in the same run: predicted 10 ms, measured 13 ms" in first
+    assert "ran 30% slower than the latency table predicts" in note and "profile" in note
+    steady = SearchMetrics.latency_lines_of({**record, "dense_measured_ms": 10.4})
+    assert len(steady) == 1  # within 10 %: no note
