@@ -39,6 +39,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import figures
 from selection import Bench, params_of, top1
 
 from automl_hiap import importance
@@ -258,12 +259,7 @@ def summarize(comparisons: list[dict[str, Any]]) -> tuple[list[str], dict[str, A
 
 
 def plot(rows: list[dict[str, Any]], seeds: list[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = figures.panel()
     for method, color in zip(METHODS, ("C0", "C1", "C2"), strict=True):
         for seed in seeds:
             pts = sorted(
@@ -283,14 +279,9 @@ def plot(rows: list[dict[str, Any]], seeds: list[int], path: Path) -> None:
         markersize=11,
         label="dense (timm)",
     )
-    ax.set_xlabel("measured latency (ms, batch 1, 1 thread)")
-    ax.set_ylabel("test top-1 (%), no training")
-    ax.set_title("zero-shot ViT-Tiny6 CIFAR-10: top-1 vs measured latency")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    latency, top1 = "measured latency (ms, batch 1, 1 thread)", "test top-1 (%), no training"
+    title = "zero-shot ViT-Tiny6 CIFAR-10: top-1 vs measured latency"
+    figures.save(fig, ax, path, latency, top1, title)
 
 
 def main() -> None:

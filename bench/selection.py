@@ -31,6 +31,8 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import figures
+
 from automl_hiap import importance
 from automl_hiap.config import load_config
 from automl_hiap.cost import subnet_cost, unit_macs
@@ -195,12 +197,7 @@ def table(summary: list[dict[str, Any]]) -> str:
 
 
 def plot(summary: list[dict[str, Any]], dense: tuple[float, float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = figures.panel()
     for name in dict.fromkeys(s["method"] for s in summary):
         mine = sorted((s for s in summary if s["method"] == name), key=lambda s: s["macs_mean"])
         ax.errorbar(
@@ -212,14 +209,8 @@ def plot(summary: list[dict[str, Any]], dense: tuple[float, float], path: Path) 
             label=name,
         )
     ax.plot([dense[0] / 1e6], [100 * dense[1]], "k*", markersize=12, label="dense")
-    ax.set_xlabel("MACs (M)")
-    ax.set_ylabel("test top-1 (%), no training")
-    ax.set_title("zero-shot selection quality")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    top1 = "test top-1 (%), no training"
+    figures.save(fig, ax, path, "MACs (M)", top1, "zero-shot selection quality")
 
 
 def main() -> None:
