@@ -556,7 +556,8 @@ def render_posttrain_equal_time(results: Path) -> str:
 def render_latency_table(results: Path) -> str:
     rows = [
         r
-        for name in ("latency.json", "latency_batch64.json")
+        for name in ("latency.json", "latency_batch64.json", "latency_deit_batch64.json")
+        if (results / name).is_file()
         for r in load(results, name)["results"]
     ]
     body = [
