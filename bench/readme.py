@@ -552,6 +552,31 @@ def render_posttrain_equal_time(results: Path) -> str:
     return reflow(note) + "\n\n" + table(header, ["l"] + ["r"] * 5, body)
 
 
+def render_transplant(results: Path) -> str:
+    """Every method's structure cut from the dense weights, fine-tuned by one recipe."""
+    record = load(results, "transplant.json")
+    body = [
+        [
+            share(r["budget"], 0),
+            r["method"],
+            mean_sd(r["zero_shot_mean"], r["zero_shot_sd"], 2),
+            mean_sd(r["top1_mean"], r["top1_sd"], 2),
+            str(r["seeds"]),
+            share(r["macs_ratio"]),
+            "—" if r["speedup"] is None else f"{r['speedup']:.2f}×",
+        ]
+        for r in record["rows"]
+    ]
+    header = ["budget", "method", "zero-shot top-1", "transplant top-1", "seeds", "MACs"]
+    setup = record["setup"]
+    note = (
+        f"Dense {pct(setup['dense_top1'])} on {setup['test_images']:,} fixed test images; "
+        f"fine-tune {setup['steps']} steps; {setup['threads']} threads, wall "
+        f"{setup['wall_seconds'] / 60:.0f} min."
+    )
+    return note + "\n\n" + table([*header, "speed-up"], ["r", "l"] + ["r"] * 5, body)
+
+
 # ---------------------------------------------------------------------------- latency
 def render_latency_table(results: Path) -> str:
     rows = [
@@ -660,6 +685,7 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "latency-worth": render_latency_worth,
     "latency-landing": render_latency_landing,
     "posttrain-equal-time": render_posttrain_equal_time,
+    "transplant-table": render_transplant,
 }
 
 
