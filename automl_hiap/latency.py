@@ -66,12 +66,7 @@ class LatencyModel:
         attn_in: int,
         mlp_in: int,
     ) -> float:
-        table, heads = self.tables[index], len(qk)
-        ms = table.mlp(float(neurons))
-        if heads:
-            ms += table.attention(float(heads), sum(qk) / heads, sum(v) / heads)
-            ms += (len(set(zip(qk, v, strict=True))) - 1) * table.group_ms
-        return float(ms) * self.table.in_model / 1e3
+        return self.tables[index].ms(qk, v, neurons) * self.table.in_model / 1e3
 
     def block(self, space: SearchSpace, index: int, keep: BlockKeep) -> Tensor:
         table, shape = self.tables[index], space.layers[index]

@@ -111,6 +111,15 @@ class BlockTable:
     def mlp(self, width: Any) -> Any:
         return _multilinear(self.ffn_ms, (self.ffn,), (width,))
 
+    def ms(self, qk: Sequence[int], v: Sequence[int], neurons: int) -> float:
+        """The block's branches as timed alone, from kept counts (per-head q/k and v widths,
+        FFN neurons): the table at the head count and mean widths, plus the group term."""
+        heads, total = len(qk), self.mlp(float(neurons))
+        if heads:
+            total += self.attention(float(heads), sum(qk) / heads, sum(v) / heads)
+            total += (len(set(zip(qk, v, strict=True))) - 1) * self.group_ms
+        return float(total)
+
 
 @dataclass(frozen=True)
 class LatencyTable:
@@ -318,16 +327,22 @@ def profile(
         dense_iqr_ms=(dense.low, dense.high),
         load_average=timed.load_average,
     )
-    from automl_hiap.latency import LatencyModel  # it predicts from this module's tables
-
-    unscaled = LatencyModel(table, space)  # in_model 1: the branches as timed alone
     fit = tuple(
-        (unscaled.predict(space, s) * 1e3 - table.fixed_ms, models.latency_ms(name).median)
-        for name, s in subnets.items()
+        (_alone_ms(table, space, s), models.latency_ms(name).median) for name, s in subnets.items()
     )
     alone = sum(a * a for a, _ in fit)
     fitted = sum(a * (m - table.fixed_ms) for a, m in fit) / alone if alone > 0 else 1.0
     return dataclasses.replace(table, in_model=max(fitted, 1e-3), calibration=fit)
+
+
+def _alone_ms(table: LatencyTable, space: SearchSpace, subnet: Subnet) -> float:
+    """A subnet's blocks as the sum of their branches timed alone (no in-model factor)."""
+    total = 0.0
+    for shape, layer in zip(space.layers, subnet.layers, strict=True):
+        qk = [len(h.qk) for h in layer.heads] if layer.has_attn else []
+        v = [len(h.v) for h in layer.heads] if layer.has_attn else []
+        total += table.block_of(shape).ms(qk, v, len(layer.neurons) if layer.has_mlp else 0)
+    return total
 
 
 def _timing_model(stem: nn.Module, model: nn.Module, subnet: Subnet, dtype: torch.dtype) -> Any:
