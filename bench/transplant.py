@@ -345,12 +345,13 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.67])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--steps", type=int, default=30, help="fine-tune steps, every method")
+    parser.add_argument("--steps", type=int, default=36, help="fine-tune steps, every method")
     parser.add_argument("--hiap-steps", nargs="+", type=int, default=[36, 150], help="a row each")
     parser.add_argument("--calibration", type=int, default=2000, help="posttrain's images")
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 budget, tiny S, 200 images")
+    parser.add_argument("--fresh", action="store_true", help="replace results of another protocol")
     parser.add_argument("--out", type=Path, help="default bench/results (quick: /tmp)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/automl_hiap_transplant"))
     parser.add_argument("--report", action="store_true", help="re-render md/png from the JSON")
@@ -364,13 +365,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     malloc_tuned = tune_malloc()  # as bench/export_speed.py: no page-faulting per forward
     started, load_start = time.perf_counter(), os.getloadavg()[0]
-    s = build_setting(args.space, args.test_images)
-    print(f"dense: {s.dense_top1:.2%} on {len(s.test)} test images", flush=True)
     fixed = ("space", "steps", "calibration", "test_images")  # a row's protocol
     protocol = {name: getattr(args, name) for name in fixed}
     path = out / "transplant.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     same = old.get("setup", {}).get("protocol") == protocol
+    if old and not same and not args.fresh:  # a long run's rows are not dropped by a typo
+        sys.exit(f"{path} holds protocol {old['setup']['protocol']}: --fresh replaces it")
+    s = build_setting(args.space, args.test_images)
+    print(f"dense: {s.dense_top1:.2%} on {len(s.test)} test images", flush=True)
     runs: list[dict[str, Any]] = old.get("runs", []) if same else []
     previous_wall = old.get("setup", {}).get("wall_seconds", 0.0) if same else 0.0
     commands = old.get("setup", {}).get("commands", []) if same else []  # each invocation's
