@@ -139,6 +139,29 @@ class Setting:
     size: int
 
 
+def load_setting(
+    space: str, overrides: list[str], test_of: Callable[[Dataset[Any]], Dataset[Any]]
+) -> Setting:
+    """The dense reference of ``space`` and its data; ``test_of`` picks the fixed test set."""
+    config = load_config(space, overrides)
+    plan = resolve(config, check_budget=False)
+    data = build_datasets(config.data, seed=config.train.seed)
+    setting = Setting(
+        config=config,
+        model=plan.model.eval(),
+        space=plan.space,
+        spec=plan.spec,
+        data=data,
+        test=test_of(data.test),  # type: ignore[arg-type]
+        trainer=Trainer(config.train, data.train, device="cpu"),
+        dense_top1=0.0,
+        dense_macs=dense_cost(plan.space).macs,
+        size=config.data.image_size,
+    )
+    setting.dense_top1 = top1(setting.model, setting.test)
+    return setting
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="vit_tiny6_cifar10.yaml")
@@ -166,22 +189,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     malloc_tuned = tune_malloc()  # as bench/export_speed.py: no page-faulting per forward
 
-    config = load_config(args.space, args.overrides)
-    plan = resolve(config, check_budget=False)
-    data = build_datasets(config.data, seed=config.train.seed)
-    setting = Setting(
-        config=config,
-        model=plan.model.eval(),
-        space=plan.space,
-        spec=plan.spec,
-        data=data,
-        test=test_subset(data.test, args.test_images),
-        trainer=Trainer(config.train, data.train, device="cpu"),
-        dense_top1=0.0,
-        dense_macs=dense_cost(plan.space).macs,
-        size=config.data.image_size,
+    setting = load_setting(
+        args.space, args.overrides, lambda test: test_subset(test, args.test_images)
     )
-    setting.dense_top1 = top1(setting.model, setting.test)
     print(
         f"dense: {setting.dense_top1:.2%} on {len(setting.test)} test images, "
         f"{setting.dense_macs / 1e6:.1f} M MACs"

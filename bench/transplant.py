@@ -40,6 +40,7 @@ from posttrain import (
     _commit,
     fine_tune,
     hiap_run,
+    load_setting,
     mean_sd,
     taylor_batches,
     timed,
@@ -49,18 +50,14 @@ from selection import random_scores, test_tensors
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from automl_hiap.config import load_config
-from automl_hiap.cost import dense_cost, subnet_cost
-from automl_hiap.data import build_datasets
+from automl_hiap.cost import subnet_cost
 from automl_hiap.measure import throughput
-from automl_hiap.plan import resolve
 from automl_hiap.selection import select_to_budget
 from automl_hiap.slicing import slice_subnet
 from automl_hiap.strategies import posttrain as pt
 from automl_hiap.strategies.magnitude import MagnitudeParams, MagnitudeStrategy
 from automl_hiap.strategy import SearchContext
 from automl_hiap.subnet import Subnet
-from automl_hiap.trainer import Trainer
 
 HIAP, TP_MAGNITUDE, TP_TAYLOR, RANDOM = "HiAP", "TP global magnitude", "TP global Taylor", "random"
 # HiAP: one row per search length, "HiAP (N steps)"
@@ -89,23 +86,7 @@ def expand(method: str, steps: list[int]) -> list[str]:
 def build_setting(space: str, test_images: int) -> Setting:
     """bench/posttrain.py's Setting, with the fixed test subset decoded once into tensors
     (the same seed-0 permutation, so the same images as posttrain's and selection's)."""
-    config = load_config(space, [])
-    plan = resolve(config, check_budget=False)
-    data = build_datasets(config.data, seed=config.train.seed)
-    s = Setting(
-        config=config,
-        model=plan.model.eval(),
-        space=plan.space,
-        spec=plan.spec,
-        data=data,
-        test=TensorDataset(*test_tensors(data.test, test_images)),  # type: ignore[arg-type]
-        trainer=Trainer(config.train, data.train, device="cpu"),
-        dense_top1=0.0,
-        dense_macs=dense_cost(plan.space).macs,
-        size=config.data.image_size,
-    )
-    s.dense_top1 = top1(s.model, s.test)
-    return s
+    return load_setting(space, [], lambda test: TensorDataset(*test_tensors(test, test_images)))
 
 
 def from_subnet(s: Setting, subnet: Subnet, **extra: Any) -> Built:
