@@ -80,22 +80,26 @@ Choices where the paper is silent or inconsistent (each with its reason):
   (μ = 1).
 * **Hardening and repair**: keep ⇔ α > 0 for every gate, micro under macro. If that subnet
   breaks the space's constraints (round_to, minimum counts), or in budget mode misses the
-  target by more than ``tolerance``, it is repaired by the core's greedy selection with the
-  effective keep-probabilities as scores (units ranked by σ(α), the least likely to be kept
-  go first, after every unit the hardening dropped), to the target in budget mode or to the
-  hardened cost otherwise: the repaired subnet is the hardened one plus or minus the fewest
-  units that fix it. The size of the repair is reported (``repaired_units``).
+  target by more than ``tolerance``, it is repaired by the core's greedy selection, to the
+  target in budget mode or to the hardened cost otherwise: every unit the hardening dropped
+  goes first, then the units it kept in the order of ``repair`` (default: the core's Taylor
+  importance of the trained weights; ``gates``: effective keep-probabilities). The repaired
+  subnet is the hardened one plus or minus the fewest units that fix it, and the size of the
+  repair is reported (``repaired_units``). Why a criterion by default: a repair is needed
+  where the gates did not decide, and there their probabilities carry little (near their
+  initial value after a short search, and a product along the path ranks by depth).
 """
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
-from typing import Annotated, Any, ClassVar
+from dataclasses import replace
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from automl_hiap import importance
 from automl_hiap.cost import unit_macs
 from automl_hiap.cost_model import MACS, CostModel, total_cost
 from automl_hiap.masking import Masks
@@ -105,7 +109,6 @@ from automl_hiap.space import (
     MICRO_UNITS,
     UNIT_FIELD,
     BlockKeep,
-    FilledKeep,
     SearchSpace,
     Unit,
 )
@@ -120,6 +123,9 @@ from automl_hiap.strategy import (
 from automl_hiap.subnet import Subnet
 
 MACRO_FIELDS = tuple(UNIT_FIELD[u] for u in MACRO_UNITS)  # attn, head, ffn
+
+
+Repair = Literal["taylor", "fisher", "energy", "gates"]  # a criterion of importance, or σ(α)
 
 
 class HiAPParams(StrategyParams):
@@ -140,6 +146,8 @@ class HiAPParams(StrategyParams):
     dual_gain: Annotated[float, Field(ge=0)] = 10.0
     max_multiplier: Annotated[float, Field(gt=0)] = 100.0  # bound on the controller's |I|
     tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.03
+    repair: Repair = "taylor"  # how a repair ranks the units the hardening kept
+    repair_images: Annotated[int, Field(ge=1)] = 512  # calibration images (taylor, fisher)
     lr: Annotated[float, Field(gt=0)] | None = None  # weights' lr (default: train.lr)
 
 
@@ -188,22 +196,46 @@ def feasibility_penalty(space: SearchSpace, keeps: list[BlockKeep]) -> Tensor:
     return penalty
 
 
-def repair_scores(
-    space: SearchSpace, hard: list[BlockKeep], probs: list[BlockKeep]
-) -> list[BlockKeep]:
-    """Scores for the core's selection that rank units as hardening decided, then by
-    effective keep-probability: each is (h + p) × the unit's dense MACs (h: 0/1 hardened, p:
-    σ(α), both micro under macro), so "score lost per MAC saved" is h + p and every unit the
-    hardening dropped goes before any unit it kept."""
-    scores = []
-    for shape, h, p in zip(space.layers, hard, probs, strict=True):
-        eh, ep = h.effective(shape), p.map(torch.Tensor.detach).effective(shape)
-        e = FilledKeep(**{f.name: getattr(eh, f.name) + getattr(ep, f.name) for f in fields(eh)})
+def gate_ranking(space: SearchSpace, probs: list[BlockKeep]) -> list[BlockKeep]:
+    """The gates' own ranking for a repair: each unit's effective keep-probability (σ(α),
+    micro under macro) times its dense MACs, so its ratio to the MACs saved is σ(α)."""
+    ranking = []
+    for shape, p in zip(space.layers, probs, strict=True):
+        e = p.map(lambda t: t.detach().double().cpu()).effective(shape)
         priced = {
             UNIT_FIELD[u]: getattr(e, UNIT_FIELD[u]) * unit_macs(shape, space.tokens, u)
             for u in (Unit.HEAD, *MICRO_UNITS)
         }
-        scores.append(BlockKeep(attn=torch.zeros(()), ffn=torch.zeros(()), **priced))
+        ranking.append(BlockKeep(attn=torch.zeros(()), ffn=torch.zeros(()), **priced))
+    return ranking
+
+
+def repair_scores(
+    space: SearchSpace, hard: list[BlockKeep], ranking: list[BlockKeep]
+) -> list[BlockKeep]:
+    """Scores for the core's selection that rank units as hardening decided, then by
+    ``ranking`` (per-unit scores whose ratio to the MACs a unit saves orders it: the gates'
+    :func:`gate_ranking`, or a criterion of ``automl_hiap.importance``). Every unit the
+    hardening kept (h = 1, micro under macro) gets a bonus of B × its MACs, with B above
+    every ratio of the ranking, so each unit it dropped goes before any unit it kept."""
+    rank_fields = [UNIT_FIELD[u] for u in (Unit.HEAD, *MICRO_UNITS)]
+    bound = 0.0
+    for shape, r in zip(space.layers, ranking, strict=True):
+        for u, name in zip((Unit.HEAD, *MICRO_UNITS), rank_fields, strict=True):
+            value = getattr(r, name)
+            if value is not None and value.numel():
+                bound = max(bound, float(value.max()) / unit_macs(shape, space.tokens, u))
+    bonus = 1.0 + bound
+    scores: list[BlockKeep] = []
+    for shape, h, r in zip(space.layers, hard, ranking, strict=True):
+        eh = h.map(lambda t: t.detach().double().cpu()).effective(shape)
+        filled = r.filled(shape, like=torch.zeros((), dtype=torch.float64))
+        values = {
+            name: getattr(filled, name).double().cpu()
+            + bonus * getattr(eh, name) * unit_macs(shape, space.tokens, u)
+            for u, name in zip((Unit.HEAD, *MICRO_UNITS), rank_fields, strict=True)
+        }
+        scores.append(replace(filled, **values))
     return scores
 
 
@@ -234,7 +266,8 @@ class HiAPSearch(TrainHooks):
         device: torch.device,
         cost: CostModel = MACS,
     ) -> None:
-        self.space, self.params, self.target, self.seed = space, params, target, seed
+        self.model, self.space, self.params = model, space, params
+        self.target, self.seed = target, seed
         self.cost = cost  # MACs, or a device's latency: the loss and controller steer it
         self.gates = Gates(space, params.gate_init).to(device)
         self.dense_cost = float(total_cost(cost, space, space.dense_keep()))
@@ -311,7 +344,7 @@ class HiAPSearch(TrainHooks):
         return values | count_kept(self.space, self.gates.hardened())
 
     def candidate(self) -> Subnet:
-        return self.harden()[0]
+        return self.harden(repair="gates")[0]  # a per-epoch glimpse: no calibration pass
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -334,15 +367,25 @@ class HiAPSearch(TrainHooks):
         with torch.no_grad():
             return float(total_cost(self.cost, self.space, self.gates.hardened()))
 
-    def harden(self) -> tuple[Subnet, int]:
-        """The exported decision and how many units the repair changed (0: none needed)."""
+    def harden(self, batches: Any = None, repair: Repair | None = None) -> tuple[Subnet, int]:
+        """The exported decision and how many units the repair changed (0: none needed);
+        ``batches``: calibration data for a data-driven criterion; ``repair`` overrides the
+        params' criterion."""
         hard = Subnet.from_keep(self.space, self.gates.hardened())
         macs = self.hardened_macs()
         goal = self.target if self.adaptive and self.target is not None else macs
         off_target = abs(macs / goal - 1) > self.params.tolerance
         if not off_target and not hard.problems(self.space):
             return hard, 0
-        scores = repair_scores(self.space, self.gates.hardened(), self.gates.probabilities())
+        criterion = repair or self.params.repair
+        if criterion == "gates":
+            ranking = gate_ranking(self.space, self.gates.probabilities())
+        else:  # the trained weights under the hardened gates (eval mode), as exported
+            normalize: importance.Normalize = (
+                "family" if criterion in importance.DATA_FREE else "none"
+            )
+            ranking = importance.importance(self.model, self.space, criterion, batches, normalize)
+        scores = repair_scores(self.space, self.gates.hardened(), ranking)
         repaired = select_to_budget(self.space, scores, goal, strict=False, cost=self.cost)
         changed = _differences(self.space, hard, repaired)
         return repaired, changed
@@ -384,7 +427,12 @@ class HiAPStrategy(Strategy[HiAPParams]):
             fit = context.trainer.fit(
                 context.model, params.epochs, phase="hiap_search", hooks=hooks, lr=params.lr
             )
-            subnet, repaired = hooks.harden()
+            batches = None
+            if params.repair not in ("gates", *importance.DATA_FREE):
+                batches = importance.calibration_batches(
+                    context.trainer.train_data, params.repair_images, 32, context.seed
+                )
+            subnet, repaired = hooks.harden(batches)
             metrics = {k: v for k, v in fit.last_metrics.items() if isinstance(v, float)}
             metrics |= hooks.metrics() | {"repaired_units": float(repaired)}
         finally:

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import automl_hiap as ah
+from automl_hiap import importance
 from automl_hiap.config import load_config
 from automl_hiap.data import build_datasets
+from automl_hiap.selection import select_to_budget
 from automl_hiap.space import ALL_UNITS, BlockKeep, Constraints, Unit
 from automl_hiap.strategies.hiap import (
     HiAPParams,
@@ -18,6 +20,7 @@ from automl_hiap.strategies.hiap import (
     HiAPStrategy,
     cost_split,
     feasibility_penalty,
+    gate_ranking,
     repair_scores,
 )
 from automl_hiap.strategies.hiap_gates import Gates, gumbel_sigmoid, noise_scale, temperature
@@ -75,7 +78,7 @@ def test_repair_ranks_every_unit_hardening_dropped_below_every_unit_it_kept() ->
         for logits in gates.logits.values():
             logits.normal_(0.0, 2.0, generator=torch.Generator().manual_seed(3))
     hard, probs = gates.hardened(), gates.probabilities()
-    scores = repair_scores(space, hard, probs)
+    scores = repair_scores(space, hard, gate_ranking(space, probs))
     n, d = space.tokens, space.layers[0].embed_dim
     # per MAC saved, a neuron's score is its rank key: h + p (micro under macro)
     keys = torch.stack([s.neuron / (2 * n * d) for s in scores])
@@ -84,6 +87,27 @@ def test_repair_ranks_every_unit_hardening_dropped_below_every_unit_it_kept() ->
     )
     assert kept.any() and (~kept).any()
     assert keys[kept].min() > keys[~kept].max()
+
+
+def test_a_taylor_repair_of_an_undecided_search_is_the_taylor_selection() -> None:
+    """Gates that decided nothing (all open) leave the whole budget to the repair: with
+    ``repair: taylor`` the subnet is the core's Taylor selection of the same weights."""
+    model, space = small_space(HIAP_UNITS)
+    target = 0.5 * ah.dense_cost(space).macs
+    images = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    batches = list(zip(images.split(8), torch.arange(32).remainder(10).split(8), strict=True))
+    hooks = HiAPSearch(model, space, HiAPParams(), target, seed=0, device="cpu")  # type: ignore[arg-type]
+    try:
+        model.eval()
+        repaired, changed = hooks.harden(batches)
+        gates_only, _ = hooks.harden(repair="gates")
+    finally:
+        hooks.close()
+    scores = importance.importance(model, space, "taylor", batches, normalize="none")
+    expected = select_to_budget(space, scores, target, strict=False)
+    assert changed > 0
+    assert repaired == expected
+    assert gates_only != expected  # the criterion decided, not the gates
 
 
 def test_temperature_anneals_exponentially_between_its_end_points() -> None:
