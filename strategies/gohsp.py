@@ -36,13 +36,17 @@ fine-tuning. Every detail below is this module's choice:
   the usual "keep the largest" projection with the set re-chosen under the MACs budget.
 * Hard pruning: S chosen from the final W, then the physical export (which drops the pruned
   weights), then ``finetune_epochs`` of ordinary fine-tuning (fresh optimizer): the core's
-  fine-tune phase, ``gohsp_finetune``.
+  fine-tune phase, ``gohsp_finetune``. ``prune_criterion`` swaps the column energies of this
+  last choice for a data-driven criterion of the core (``automl_hiap.importance``: taylor,
+  fisher, on ``prune_images`` training images), heads still weighed by H·π_h; the ADMM
+  projections stay on energies, which need no data at every update.
 * Hyper-parameters are not retrievable; defaults: ρ = 1e-3 growing ×1.3 per update,
   30 ADMM epochs, 100 fine-tuning epochs, 8 calibration batches, β = 0.15.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
@@ -50,7 +54,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from automl_hiap import layout
+from automl_hiap import importance, layout
 from automl_hiap.cost import dense_cost, subnet_cost
 from automl_hiap.cost_model import MACS, CostModel
 from automl_hiap.errors import UserError
@@ -84,6 +88,8 @@ class GOHSPParams(StrategyParams):
     admm_lr: Annotated[float, Field(gt=0)] | None = None  # default: train.lr
     finetune_epochs: Annotated[int, Field(ge=0)] = 100
     finetune_lr: Annotated[float, Field(gt=0)] | None = None
+    prune_criterion: importance.Criterion = "energy"  # the hard prune's column scores
+    prune_images: Annotated[int, Field(ge=1)] = 512  # its calibration images (taylor, ...)
 
 
 # ---------------------------------------------------------------- stage 1: head ranking
@@ -202,20 +208,30 @@ def column_scores(space: SearchSpace, weights: Weights, heads: list[Tensor]) -> 
             for e, s in zip(energies, space.layers, strict=True)
         )
         scale[family] = total / count if total > 0 else 1.0
-    scores = []
-    for shape, e, pi in zip(space.layers, energies, heads, strict=True):
-        qk, v = e["qk"] / scale["qk"], e["v"] / scale["v"]
-        scores.append(
-            BlockKeep(
-                attn=torch.zeros((), dtype=torch.float64),
-                head=(qk.sum(1) + v.sum(1)) * pi.to(qk) * shape.num_heads,  # π: host
-                ffn=torch.zeros((), dtype=torch.float64),
-                qk=qk,
-                v=v,
-                neuron=e["neuron"] / scale["neuron"],
-            )
+    scores = [
+        BlockKeep(
+            attn=torch.zeros((), dtype=torch.float64),
+            ffn=torch.zeros((), dtype=torch.float64),
+            qk=e["qk"] / scale["qk"],
+            v=e["v"] / scale["v"],
+            neuron=e["neuron"] / scale["neuron"],
         )
-    return scores
+        for e in energies
+    ]
+    return weigh_heads(scores, heads, space)
+
+
+def weigh_heads(
+    scores: list[BlockKeep], heads: list[Tensor], space: SearchSpace
+) -> list[BlockKeep]:
+    """Unit scores with each head's replaced by its dims' sum times H·π_h (GOHSP's rule on any
+    criterion of ``automl_hiap.importance``)."""
+    weighed: list[BlockKeep] = []
+    for shape, score, pi in zip(space.layers, scores, heads, strict=True):
+        assert score.qk is not None and score.v is not None, "GOHSP scores every head's dims"
+        own = score.qk.sum(1) + score.v.sum(1)
+        weighed.append(replace(score, head=own * pi.to(own) * shape.num_heads))
+    return weighed
 
 
 def structure_masks(space: SearchSpace, subnet: Subnet) -> Weights:
@@ -226,6 +242,14 @@ def structure_masks(space: SearchSpace, subnet: Subnet) -> Weights:
     ]
 
 
+def select(space: SearchSpace, scores: list[BlockKeep], target: float, cost: CostModel) -> Subnet:
+    """The core's greedy selection, an unreachable budget said as the user's error."""
+    try:
+        return select_to_budget(space, scores, target, cost=cost)
+    except ValueError as exc:
+        raise UserError(f"budget: {exc}") from None
+
+
 def project(
     space: SearchSpace,
     weights: Weights,
@@ -234,10 +258,7 @@ def project(
     cost: CostModel = MACS,
 ) -> tuple[Weights, Subnet]:
     """Π_S: the budget-feasible structure for ``weights`` and the weights restricted to it."""
-    try:
-        subnet = select_to_budget(space, column_scores(space, weights, heads), target, cost=cost)
-    except ValueError as exc:
-        raise UserError(f"budget: {exc}") from None
+    subnet = select(space, column_scores(space, weights, heads), target, cost)
     projected = [
         {key: t.detach() * m[key].to(t) for key, t in w.items()}
         for w, m in zip(weights, structure_masks(space, subnet), strict=True)
@@ -337,6 +358,14 @@ class GOHSPStrategy(Strategy[GOHSPParams]):
             trainer.fit(
                 model, params.admm_epochs, phase="gohsp_admm", hooks=hooks, lr=params.admm_lr
             )
-        _, subnet = project(space, block_weights(model), heads, target, context.cost)
+        if params.prune_criterion == "energy":  # the reconstruction's rule, as in the ADMM
+            _, subnet = project(space, block_weights(model), heads, target, context.cost)
+        else:  # a data-driven criterion of the core for the final, hard decision
+            data = importance.calibration_batches(
+                trainer.train_data, params.prune_images, 32, context.seed
+            )
+            scores = importance.importance(model, space, params.prune_criterion, data, "none")
+            columns = [replace(c, attn_in=None, mlp_in=None) for c in scores]  # never pruned
+            subnet = select(space, weigh_heads(columns, heads, space), target, context.cost)
         metrics = {"macs_ratio": subnet_cost(space, subnet).macs / dense_cost(space).macs}
         return SearchResult(subnet=subnet, model=model, metrics=metrics)

@@ -9,11 +9,15 @@ import pytest
 import torch
 
 import automl_hiap as ah
+from automl_hiap import importance
 from automl_hiap.config import TrainConfig
-from automl_hiap.space import Constraints
+from automl_hiap.selection import select_to_budget
+from automl_hiap.space import Constraints, Unit
+from automl_hiap.strategies import gohsp
 from automl_hiap.strategies.gohsp import (
     _ADMM,
     GOHSPParams,
+    GOHSPStrategy,
     block_weights,
     head_contribution_gram,
     head_importance,
@@ -21,8 +25,10 @@ from automl_hiap.strategies.gohsp import (
     stationary_distribution,
     structure_masks,
     transition_matrix,
+    weigh_heads,
 )
-from automl_hiap.subnet import random_subnet
+from automl_hiap.strategy import SearchContext
+from automl_hiap.subnet import Subnet, random_subnet
 from automl_hiap.trainer import Trainer
 
 from .conftest import synthetic_data, tiny_spec
@@ -137,3 +143,30 @@ def test_admm_pulls_the_weights_onto_the_sparse_structure() -> None:
         return hooks.metrics()["admm_gap"]
 
     assert gap_after_training(1.0) < 0.5 * gap_after_training(1e-8)
+
+
+def test_a_data_driven_hard_prune_is_the_core_criterion_weighed_by_the_head_ranking(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    planted = torch.tensor([0.01, 0.01, 0.49, 0.49], dtype=torch.float64)  # a skewed ranking
+    monkeypatch.setattr(gohsp, "head_importance", lambda gram, edges, damping: planted)
+    torch.manual_seed(0)
+    spec = tiny_spec(depth=2, embed_dim=48, num_heads=4)
+    model = spec.create()
+    units = [Unit.HEAD, Unit.QK_DIM, Unit.V_DIM, Unit.NEURON]  # GOHSP's: no input columns
+    space = ah.SearchSpace.from_model(model, units)
+    trainer = Trainer(TrainConfig(batch_size=16), synthetic_data(64), device="cpu")
+    target = 0.3 * ah.dense_cost(space).macs
+
+    def hard_prune(criterion: str) -> Subnet:
+        params = GOHSPParams(rank_batches=2, admm_epochs=0, finetune_epochs=0)
+        params = params.model_copy(update={"prune_criterion": criterion})
+        context = SearchContext(copy.deepcopy(model), spec, space, target, seed=0, trainer=trainer)
+        return GOHSPStrategy(params).search(context).subnet
+
+    heads = [planted] * space.depth
+    data = importance.calibration_batches(trainer.train_data, 512, 32, 0)
+    scores = importance.importance(model, space, "taylor", data, "none")
+    expected = select_to_budget(space, weigh_heads(scores, heads, space), target)
+    assert hard_prune("taylor") == expected
+    assert hard_prune("energy") != expected  # the criterion decided
