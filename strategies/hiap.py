@@ -88,6 +88,8 @@ Choices where the paper is silent or inconsistent (each with its reason):
   repair is reported (``repaired_units``). Why a criterion by default: a repair is needed
   where the gates did not decide, and there their probabilities carry little (near their
   initial value after a short search, and a product along the path ranks by depth).
+  ``repair_at: noise_end`` runs that repair when the noise reaches 0 instead and sets the
+  gates to its subnet, so the steps left train the structure that will be exported.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ from automl_hiap.subnet import Subnet
 MACRO_FIELDS = tuple(UNIT_FIELD[u] for u in MACRO_UNITS)  # attn, head, ffn
 
 
+SETTLED = 3.0  # |α| of the gates a settling repair sets: σ = 0.95, as gate_init's default
 Repair = Literal["taylor", "fisher", "energy", "gates"]  # a criterion of importance, or σ(α)
 
 
@@ -148,6 +151,7 @@ class HiAPParams(StrategyParams):
     tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.03
     repair: Repair = "taylor"  # how a repair ranks the units the hardening kept
     repair_images: Annotated[int, Field(ge=1)] = 512  # calibration images (taylor, fisher)
+    repair_at: Literal["end", "noise_end"] = "end"  # noise_end: settle, then train that
     lr: Annotated[float, Field(gt=0)] | None = None  # weights' lr (default: train.lr)
 
 
@@ -265,8 +269,10 @@ class HiAPSearch(TrainHooks):
         seed: int,
         device: torch.device,
         cost: CostModel = MACS,
+        batches: Any = None,
     ) -> None:
         self.model, self.space, self.params = model, space, params
+        self.batches = batches  # calibration data of a data-driven repair
         self.target, self.seed = target, seed
         self.cost = cost  # MACs, or a device's latency: the loss and controller steer it
         self.gates = Gates(space, params.gate_init).to(device)
@@ -276,6 +282,7 @@ class HiAPSearch(TrainHooks):
         self.multiplier = 1.0 if not self.adaptive else 0.0
         self.integral, self.gap = 0.0, 0.0
         self.tau, self.noise = params.tau_start, 1.0
+        self.settled: int | None = None  # units the settling repair changed, once it ran
         self.step, self.total_steps = 0, 1
         self.sampled: list[BlockKeep] | None = None
         self.masks = Masks(model, space, self.gates.hardened())
@@ -306,6 +313,20 @@ class HiAPSearch(TrainHooks):
         self.step, self.total_steps = step, total_steps
         self.tau = temperature(step, total_steps, p.tau_start, p.tau_end)
         self.noise = noise_scale(step, total_steps, p.noise_end)
+        if p.repair_at == "noise_end" and self.noise == 0 and self.settled is None:
+            self.settle()
+
+    def settle(self) -> None:
+        """Repair now and set the gates to the repaired subnet (logits at least ``SETTLED``
+        beyond 0), so the steps left train the structure that will be exported."""
+        subnet, self.settled = self.harden()
+        keep = subnet.to_keep(self.space)
+        with torch.no_grad():
+            for name, logits in self.gates.logits.items():
+                kept = torch.stack([getattr(k, name) for k in keep]).to(logits.device) > 0
+                logits.copy_(
+                    torch.where(kept, logits.clamp(min=SETTLED), logits.clamp(max=-SETTLED))
+                )
 
     def extra_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         p = self.params
@@ -352,6 +373,7 @@ class HiAPSearch(TrainHooks):
             "multiplier": self.multiplier,
             "integral": self.integral,
             "step": self.step,
+            "settled": self.settled,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -360,6 +382,7 @@ class HiAPSearch(TrainHooks):
                 self.gates.logits[name].copy_(value)
         self.multiplier, self.step = float(state["multiplier"]), int(state["step"])
         self.integral = float(state["integral"])
+        self.settled = state.get("settled")
 
     # ---------------------------------------------------------------- decisions
     def hardened_macs(self) -> float:
@@ -369,8 +392,9 @@ class HiAPSearch(TrainHooks):
 
     def harden(self, batches: Any = None, repair: Repair | None = None) -> tuple[Subnet, int]:
         """The exported decision and how many units the repair changed (0: none needed);
-        ``batches``: calibration data for a data-driven criterion; ``repair`` overrides the
-        params' criterion."""
+        ``batches``: calibration data for a data-driven criterion (default: the search's);
+        ``repair`` overrides the params' criterion."""
+        batches = self.batches if batches is None else batches
         hard = Subnet.from_keep(self.space, self.gates.hardened())
         macs = self.hardened_macs()
         goal = self.target if self.adaptive and self.target is not None else macs
@@ -414,6 +438,11 @@ class HiAPStrategy(Strategy[HiAPParams]):
 
     def search(self, context: SearchContext) -> SearchResult:
         params = self.params
+        batches = None
+        if params.repair not in ("gates", *importance.DATA_FREE):
+            batches = importance.calibration_batches(
+                context.trainer.train_data, params.repair_images, 32, context.seed
+            )
         hooks = HiAPSearch(
             context.model,
             context.space,
@@ -422,19 +451,17 @@ class HiAPStrategy(Strategy[HiAPParams]):
             context.seed,
             context.trainer.device,
             context.cost,
+            batches,
         )
         try:
             fit = context.trainer.fit(
                 context.model, params.epochs, phase="hiap_search", hooks=hooks, lr=params.lr
             )
-            batches = None
-            if params.repair not in ("gates", *importance.DATA_FREE):
-                batches = importance.calibration_batches(
-                    context.trainer.train_data, params.repair_images, 32, context.seed
-                )
-            subnet, repaired = hooks.harden(batches)
+            subnet, repaired = hooks.harden()
             metrics = {k: v for k, v in fit.last_metrics.items() if isinstance(v, float)}
             metrics |= hooks.metrics() | {"repaired_units": float(repaired)}
+            if hooks.settled is not None:
+                metrics["settled_units"] = float(hooks.settled)
         finally:
             hooks.close()
         context.model.eval()

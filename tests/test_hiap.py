@@ -25,6 +25,7 @@ from automl_hiap.strategies.hiap import (
 )
 from automl_hiap.strategies.hiap_gates import Gates, gumbel_sigmoid, noise_scale, temperature
 from automl_hiap.strategy import SearchContext
+from automl_hiap.subnet import Subnet
 from automl_hiap.trainer import Trainer
 
 from .conftest import tiny_spec
@@ -108,6 +109,30 @@ def test_a_taylor_repair_of_an_undecided_search_is_the_taylor_selection() -> Non
     assert changed > 0
     assert repaired == expected
     assert gates_only != expected  # the criterion decided, not the gates
+
+
+def test_settling_at_noise_end_trains_the_repaired_subnet_for_the_rest_of_the_search() -> None:
+    """With ``repair_at: noise_end`` the repair runs when the noise reaches 0 and the gates are
+    set to its subnet, so the hardened gates from then on are the subnet to export."""
+    model, space = small_space(HIAP_UNITS)
+    target = 0.5 * ah.dense_cost(space).macs
+    images = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    batches = list(zip(images.split(8), torch.arange(32).remainder(10).split(8), strict=True))
+    params = HiAPParams(repair_at="noise_end", noise_end=0.5)
+    hooks = HiAPSearch(model, space, params, target, 0, "cpu", batches=batches)  # type: ignore[arg-type]
+    try:
+        model.eval()
+        expected, _ = hooks.harden()  # undecided gates: the whole budget is the repair's
+        hooks.on_step_start(3, 10)  # noise 1 − 3/4.5 > 0: nothing settles yet
+        assert hooks.settled is None
+        hooks.on_step_start(5, 10)  # noise 0
+        settled = Subnet.from_keep(space, hooks.gates.hardened())
+        _, repaired = hooks.harden()
+    finally:
+        hooks.close()
+    assert hooks.settled is not None and hooks.settled > 0
+    assert settled == expected
+    assert repaired < hooks.settled  # at the end only the cost's last fit to the target
 
 
 def test_temperature_anneals_exponentially_between_its_end_points() -> None:
