@@ -431,18 +431,76 @@ def fine_tune(s: Setting, pruned: nn.Module, steps: int, seed: int) -> float:
     return timed(trainer.fit, pruned, 1, "equal_time_finetune")[1]
 
 
-def hiap_run(s: Setting, budget: float, seed: int, steps: int) -> Any:
+HIAP_RUNS = Path("/tmp/automl_hiap_hiap_runs")  # searches kept for the benches that share them
+
+
+def hiap_run(s: Setting, budget: float, seed: int, steps: int, **params: Any) -> Any:
     """HiAP's one stage (gates and weights together, then hardening, repair and slicing) over
-    ``steps`` steps of the same recipe, end to end through ``Strategy.run``."""
-    context = SearchContext(
-        copy.deepcopy(s.model),
-        s.spec,
-        s.space,
-        budget * s.dense_macs,
-        seed=seed,
-        trainer=finetune_trainer(s, steps, seed),
-    )
-    return HiAPStrategy(HiAPParams(epochs=1)).run(context)
+    ``steps`` steps of the same recipe, end to end through ``Strategy.run``; ``params``
+    override HiAP's defaults. A finished search is kept in ``HIAP_RUNS`` under a key of all it
+    depends on (the config, budget, seed, steps, params and the project's source), so the
+    benches that need the same search (transplant's two schedules, the HiAP ablation) run it
+    once; one under way in another process is waited for."""
+    hiap = HiAPParams(epochs=1, **params)
+    file = HIAP_RUNS / f"{_hiap_key(s, budget, seed, steps, hiap)}.pt"
+    lock = file.with_suffix(".lock")
+    HIAP_RUNS.mkdir(parents=True, exist_ok=True)
+    while not file.is_file():
+        try:
+            with lock.open("x") as owner:  # atomic: one process searches, the others wait
+                owner.write(str(os.getpid()))
+        except FileExistsError:
+            if not _alive(lock):
+                lock.unlink(missing_ok=True)  # its process died: search here
+            time.sleep(5)
+            continue
+        try:
+            context = SearchContext(
+                copy.deepcopy(s.model),
+                s.spec,
+                s.space,
+                budget * s.dense_macs,
+                seed=seed,
+                trainer=finetune_trainer(s, steps, seed),
+            )
+            result = HiAPStrategy(hiap).run(context)
+            partial_file = file.with_suffix(".part")
+            torch.save(result, partial_file)
+            partial_file.replace(file)
+            return result
+        finally:
+            lock.unlink(missing_ok=True)
+    return torch.load(file, weights_only=False)
+
+
+def _hiap_key(s: Setting, budget: float, seed: int, steps: int, params: HiAPParams) -> str:
+    import hashlib
+
+    import automl_hiap
+    from automl_hiap.strategies import hiap
+
+    digest = hashlib.sha256()
+    for folder in (Path(automl_hiap.__file__).parent, Path(hiap.__file__).parent):
+        for source in sorted(folder.glob("*.py")):
+            digest.update(source.read_bytes())
+    setup = {
+        "config": s.config.model_dump(mode="json"),
+        "run": [budget, seed, steps, params.model_dump(mode="json"), torch.__version__],
+    }
+    digest.update(json.dumps(setup, sort_keys=True, default=str).encode())
+    return f"b{budget:g}_s{seed}_n{steps}_{digest.hexdigest()[:16]}"
+
+
+def _alive(lock: Path) -> bool:
+    """Whether the process named in ``lock`` still runs (an unreadable lock counts as alive:
+    it is being written)."""
+    try:
+        os.kill(int(lock.read_text()), 0)
+    except ValueError:
+        return True
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return True
 
 
 def equal_time(

@@ -552,29 +552,77 @@ def render_posttrain_equal_time(results: Path) -> str:
     return reflow(note) + "\n\n" + table(header, ["l"] + ["r"] * 5, body)
 
 
-def render_transplant(results: Path) -> str:
-    """Every method's structure cut from the dense weights, fine-tuned by one recipe."""
-    record = load(results, "transplant.json")
+def transplant_table(record: dict[str, Any]) -> str:
+    """One transplant results file: every structure from the dense weights, one fine-tune,
+    and each method's own pipeline at the same total steps."""
+    setup = record["setup"]
+
+    def e2e(r: dict[str, Any]) -> str:
+        own = r.get("end_to_end")
+        return "—" if own is None else mean_sd(own[0], own[1], 2)
+
     body = [
         [
             share(r["budget"], 0),
             r["method"],
             mean_sd(r["zero_shot_mean"], r["zero_shot_sd"], 2),
             mean_sd(r["top1_mean"], r["top1_sd"], 2),
+            e2e(r),
             str(r["seeds"]),
             share(r["macs_ratio"]),
             "—" if r["speedup"] is None else f"{r['speedup']:.2f}×",
         ]
         for r in record["rows"]
     ]
-    header = ["budget", "method", "zero-shot top-1", "transplant top-1", "seeds", "MACs"]
-    setup = record["setup"]
+    header = ["budget", "method", "zero-shot top-1", "transplant top-1"]
+    header += [f"end to end, {setup['steps']} steps", "seeds", "MACs", "speed-up"]
     note = (
         f"Dense {pct(setup['dense_top1'])} on {setup['test_images']:,} fixed test images; "
         f"fine-tune {setup['steps']} steps; {setup['threads']} threads, wall "
         f"{setup['wall_seconds'] / 60:.0f} min."
     )
-    return note + "\n\n" + table([*header, "speed-up"], ["r", "l"] + ["r"] * 5, body)
+    return note + "\n\n" + table(header, ["r", "l"] + ["r"] * 6, body)
+
+
+def render_transplant(results: Path) -> str:
+    return transplant_table(load(results, "transplant.json"))
+
+
+def render_transplant_long(results: Path) -> str:
+    return transplant_table(load(results, "transplant_long/transplant.json"))
+
+
+def render_hiap_ablation(results: Path) -> str:
+    """HiAP with one setting changed per row, end to end, at each search length run."""
+    records = [load(results, "hiap_ablation.json")]
+    if (results / "hiap_ablation_36" / "hiap_ablation.json").is_file():
+        records.insert(0, load(results, "hiap_ablation_36/hiap_ablation.json"))
+    return "\n\n".join(ablation_table(record) for record in records)
+
+
+def ablation_table(record: dict[str, Any]) -> str:
+    setup, rows = record["setup"], record["rows"]
+    base = next(r for r in rows if r["variant"] == "defaults")
+    body = [
+        [
+            r["variant"],
+            mean_sd(r["own_top1_mean"], r["own_top1_sd"], 2),
+            points(100 * (r["own_top1_mean"] - base["own_top1_mean"])),
+            mean_sd(r["zero_shot_mean"], r["zero_shot_sd"], 2),
+            f"{r['repaired_units']:.0f}",
+            f"{r['heads']:.0f} / {r['v_dims']:.0f} / {r['neurons']:.0f}",
+            share(r["macs_ratio"]),
+        ]
+        for r in rows
+    ]
+    header = ["HiAP variant", "product top-1", "vs defaults (points)", "structure zero-shot"]
+    header += ["repaired units", "heads / v dims / neurons kept", "MACs"]
+    note = (
+        f"{setup['steps']} search steps at {share(setup['budget'], 0)} of the MACs, "
+        f"{len(setup['seeds'])} seeds, dense {pct(setup['dense_top1'])} on "
+        f"{setup['test_images']:,} fixed test images."
+    )
+    return note + "\n\n" + table(header, ["l"] + ["r"] * 6, body)
 
 
 # ---------------------------------------------------------------------------- latency
@@ -686,6 +734,8 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "latency-landing": render_latency_landing,
     "posttrain-equal-time": render_posttrain_equal_time,
     "transplant-table": render_transplant,
+    "transplant-long-table": render_transplant_long,
+    "hiap-ablation-table": render_hiap_ablation,
 }
 
 

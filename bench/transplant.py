@@ -12,7 +12,15 @@ selection at all. Seeds set the calibration data of data-dependent methods, the 
 HiAP's run and the fine-tune's data order; the test subset is fixed. Speed-ups: every seed-0
 structure against the dense model, batch 64, side by side in one interleaved run.
 
+The same runs give the end-to-end regime at equal total steps: HiAP's own product after a
+search of ``--steps`` steps (no fine-tune) against each one-shot method pruned from the dense
+weights and fine-tuned ``--steps`` steps (its transplant row). ``--steps 150`` with its own
+``--out`` is the longer schedule (over 4× the default 36).
+
     python bench/transplant.py                 # writes bench/results/transplant.{md,json,png}
+    python bench/transplant.py --steps 150 --budgets 0.5 --hiap-steps 150 \
+        --methods "magnitude (taylor)" "TP global Taylor" random HiAP \
+        --out bench/results/transplant_long    # the longer schedule at one budget
     python bench/transplant.py --quick         # smoke run: 1 seed, 1 budget, tiny S, 200 images
 
 Rows are written as they finish; a restart with the same protocol skips the rows done.
@@ -28,6 +36,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +122,9 @@ def build(s: Setting, method: str, budget: float, seed: int, args: argparse.Name
         return from_subnet(s, pt.PostTrainStrategy(params).run(context()).subnet)
     if method.startswith(HIAP):
         result = hiap_run(s, budget, seed, hiap_steps(method))
-        return from_subnet(s, result.subnet, repaired_units=result.metrics.get("repaired_units"))
+        own = top1(result.model, s.test)  # its product: its own weights, no fine-tune
+        repaired = result.metrics.get("repaired_units")
+        return from_subnet(s, result.subnet, repaired_units=repaired, own_top1=own)
     if method == RANDOM:
         return from_subnet(s, select_to_budget(s.space, random_scores(s.space, seed), target))
     if method == TP_MAGNITUDE:  # data-free: one structure, fine-tuned under each seed
@@ -164,7 +175,9 @@ def run_one(s: Setting, method: str, budget: float, seed: int, args: argparse.Na
     return row, model.eval()
 
 
-def summarize(runs: list[dict[str, Any]], dense_macs: float, speeds: dict[str, float]) -> list:
+def summarize(
+    runs: list[dict[str, Any]], dense_macs: float, speeds: dict[str, float], steps: int
+) -> list[dict[str, Any]]:
     """Mean ± sd per (budget, method) over seeds, with the seed-0 structure's speed-up."""
     rows = []
     for budget in sorted({r["budget"] for r in runs}):
@@ -189,45 +202,80 @@ def summarize(runs: list[dict[str, Any]], dense_macs: float, speeds: dict[str, f
             )
             if method.startswith(HIAP):  # how much of HiAP's subnet its repair decided
                 rows[-1]["repaired_units"] = statistics.fmean(r["repaired_units"] for r in mine)
+            rows[-1]["end_to_end"] = end_to_end(method, mine, steps)
     return rows
 
 
-def verdict(rows: list[dict[str, Any]], budget: float) -> str:
-    """The issue's goals at one budget, in plain numbers (per HiAP search length)."""
-    mine = {r["method"]: r for r in rows if r["budget"] == budget}
+def end_to_end(method: str, mine: list[dict[str, Any]], steps: int) -> list[float] | None:
+    """Mean and sd of the method's own pipeline at ``steps`` training steps in total: HiAP's
+    product after an equally long search (its own weights, no fine-tune); a one-shot method
+    that keeps the dense weights, pruned then fine-tuned, is its transplant row. None where
+    that pipeline did not run: HiAP of another length, posttrain (its own pipeline keeps its
+    reconstructed weights)."""
+    if method.startswith(HIAP):
+        own = [r.get("own_top1") for r in mine]
+        if hiap_steps(method) != steps or None in own:
+            return None
+        return list(mean_sd(own))
+    if method == "posttrain (defaults)":
+        return None
+    return list(mean_sd([r["top1"] for r in mine]))
+
+
+Score = tuple[float, float]  # mean, sd
+
+
+def transplanted(row: dict[str, Any]) -> Score | None:
+    return row["top1_mean"], row["top1_sd"]
+
+
+def own_pipeline(row: dict[str, Any]) -> Score | None:
+    e2e = row.get("end_to_end")
+    return None if e2e is None else (e2e[0], e2e[1])
+
+
+def goals(rows: list[dict[str, Any]], budget: float, score: Callable[..., Score | None]) -> str:
+    """The issue's goals at one budget under one regime's ``score``, in plain numbers: each
+    HiAP row against every peer's mean − 1 sd, the best method against TP Taylor's mean."""
+    mine = {r["method"]: v for r in rows if r["budget"] == budget and (v := score(r))}
     hiaps = [m for m in mine if m.startswith(HIAP)]
     if RANDOM not in mine or not hiaps or TP_TAYLOR not in mine:
         return "(not every method has run at this budget)"
     floor = mine[RANDOM]
-    above = [
-        f"{m} {100 * (r['top1_mean'] - floor['top1_mean']):+.2f} pt"
-        for m, r in mine.items()
-        if m != RANDOM
-    ]
-    peers = {m: r for m, r in mine.items() if m != RANDOM and m not in hiaps}
+    above = [f"{m} {100 * (v[0] - floor[0]):+.2f} pt" for m, v in mine.items() if m != RANDOM]
+    peers = {m: v for m, v in mine.items() if m != RANDOM and m not in hiaps}
     goal = []
-    for hiap in (mine[m] for m in hiaps):
-        margins = {m: hiap["top1_mean"] - (r["top1_mean"] - r["top1_sd"]) for m, r in peers.items()}
+    for hiap in hiaps:
+        margins = {m: mine[hiap][0] - (v[0] - v[1]) for m, v in peers.items()}
         missed = [f"{m} by {100 * -v:.2f} pt" for m, v in margins.items() if v < 0]
         goal.append(
-            f"{hiap['method']} ({100 * hiap['top1_mean']:.2f} %; its repair changed "
-            f"{hiap['repaired_units']:.0f} units) ≥ every peer's mean − 1 sd: "
+            f"{hiap} ({100 * mine[hiap][0]:.2f} %) ≥ every peer's mean − 1 sd: "
             + ("yes" if not missed else "no, it misses " + ", ".join(missed))
             + f" (smallest margin {100 * min(margins.values()):+.2f} pt). "
         )
-    best = max((r for m, r in mine.items() if m != RANDOM), key=lambda r: r["top1_mean"])
-    gap = best["top1_mean"] - mine[TP_TAYLOR]["top1_mean"]
+    best = max((m for m in mine if m != RANDOM), key=lambda m: mine[m][0])
+    gap = mine[best][0] - mine[TP_TAYLOR][0]
+    return (
+        f"Against the random floor ({100 * floor[0]:.2f} ± {100 * floor[1]:.2f} %): "
+        f"{'; '.join(above)}. "
+        + "".join(goal)
+        + f"Best method: {best} ({100 * mine[best][0]:.2f} %), {100 * gap:+.2f} pt against TP "
+        f"Taylor's mean (sd {100 * mine[TP_TAYLOR][1]:.2f}; {'met' if gap >= 0 else 'missed'})."
+    )
+
+
+def verdict(rows: list[dict[str, Any]], budget: float) -> str:
+    """What the fine-tune moved, HiAP's repairs, and the goals of the transplant regime."""
+    mine = [r for r in rows if r["budget"] == budget]
     moved = "; ".join(
-        f"{m} {100 * (r['top1_mean'] - r['zero_shot_mean']):+.2f}" for m, r in mine.items()
+        f"{r['method']} {100 * (r['top1_mean'] - r['zero_shot_mean']):+.2f}" for r in mine
+    )
+    repairs = "; ".join(
+        f"{r['method']} {r['repaired_units']:.0f}" for r in mine if "repaired_units" in r
     )
     return (
-        f"The fine-tune moved zero-shot top-1 by (pt): {moved}. "
-        f"Against the random floor ({100 * floor['top1_mean']:.2f} ± "
-        f"{100 * floor['top1_sd']:.2f} %): {'; '.join(above)}. "
-        + "".join(goal)
-        + f"Best method: {best['method']} ({100 * best['top1_mean']:.2f} %), "
-        f"{100 * gap:+.2f} pt against TP Taylor's mean (sd {100 * mine[TP_TAYLOR]['top1_sd']:.2f}; "
-        f"{'met' if gap >= 0 else 'missed'})."
+        f"The fine-tune moved zero-shot top-1 by (pt): {moved}. Units HiAP's repair changed "
+        f"(mean over seeds): {repairs}. " + goals(rows, budget, transplanted)
     )
 
 
@@ -261,17 +309,27 @@ def markdown(rows: list[dict[str, Any]], setup: dict[str, Any]) -> str:
             "",
             f"## {budget:.0%} of the dense MACs",
             "",
-            "| method | zero-shot top-1 | transplant top-1 | seeds | MACs | speed-up |",
-            "|---|---:|---:|---:|---:|---:|",
+            f"| method | zero-shot top-1 | transplant top-1 | end to end ({setup['steps']} steps)"
+            " | seeds | MACs | speed-up |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for r in (r for r in rows if r["budget"] == budget):
             speed = "—" if r["speedup"] is None else f"{r['speedup']:.2f}×"
+            e2e = own_pipeline(r)
             lines.append(
                 f"| {r['method']} | {100 * r['zero_shot_mean']:.2f} ± {100 * r['zero_shot_sd']:.2f}"
-                f" | {100 * r['top1_mean']:.2f} ± {100 * r['top1_sd']:.2f} | {r['seeds']} | "
-                f"{r['macs_ratio']:.1%} | {speed} |"
+                f" | {100 * r['top1_mean']:.2f} ± {100 * r['top1_sd']:.2f} | "
+                + ("—" if e2e is None else f"{100 * e2e[0]:.2f} ± {100 * e2e[1]:.2f}")
+                + f" | {r['seeds']} | {r['macs_ratio']:.1%} | {speed} |"
             )
-        lines += ["", verdict(rows, budget)]
+        lines += [
+            "",
+            verdict(rows, budget),
+            "",
+            f"End to end at {setup['steps']} training steps in total (HiAP: its own weights after "
+            "a search that long, no fine-tune; one-shot methods on the dense weights: pruned, "
+            "then the fine-tune above): " + goals(rows, budget, own_pipeline),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -314,7 +372,7 @@ def report(out: Path) -> None:
     setup, runs = data["setup"], data["runs"]
     rows = [r for r in data["rows"] if r["speedup"] is not None]
     speeds = {f"{r['method']} @ {r['budget']:g}": r["speedup"] for r in rows}
-    rows = summarize(runs, setup["dense_macs"], {"dense": 1.0, **speeds})
+    rows = summarize(runs, setup["dense_macs"], {"dense": 1.0, **speeds}, setup["steps"])
     (out / "transplant.md").write_text(markdown(rows, setup))
     plot(rows, setup["dense_top1"], out / "transplant.png")
     print(markdown(rows, setup))
@@ -372,7 +430,7 @@ def main() -> None:
 
     def save(speeds: dict[str, float]) -> list[dict[str, Any]]:
         """The results so far (JSON, markdown, plot): a long run keeps what it finished."""
-        rows = summarize(runs, s.dense_macs, speeds)
+        rows = summarize(runs, s.dense_macs, speeds, args.steps)
         setup = {
             "protocol": protocol,
             **protocol,
