@@ -483,6 +483,7 @@ def _hiap_key(s: Setting, budget: float, seed: int, steps: int, params: HiAPPara
     for folder in (Path(automl_hiap.__file__).parent, Path(hiap.__file__).parent):
         for source in sorted(folder.glob("*.py")):
             digest.update(source.read_bytes())
+    digest.update(Path(__file__).read_bytes())  # finetune_trainer: the search's recipe
     setup = {
         "config": s.config.model_dump(mode="json"),
         "run": [budget, seed, steps, params.model_dump(mode="json"), torch.__version__],
