@@ -20,10 +20,9 @@ from automl_hiap.strategies.hiap import (
     HiAPStrategy,
     cost_split,
     feasibility_penalty,
-    gate_ranking,
-    repair_scores,
 )
 from automl_hiap.strategies.hiap_gates import Gates, gumbel_sigmoid, noise_scale, temperature
+from automl_hiap.strategies.hiap_repair import gate_ranking, repair_scores
 from automl_hiap.strategy import SearchContext
 from automl_hiap.subnet import Subnet
 from automl_hiap.trainer import Trainer
